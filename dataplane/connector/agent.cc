@@ -1,0 +1,696 @@
+#include "dataplane/connector/agent.hh"
+
+#include "dataplane/base/log.hh"
+#include "dataplane/base/time.hh"
+#include "dataplane/io/tls_transport.hh"
+#include "dataplane/io/uring/loop.hh"
+#include "dataplane/tunnel/mux.hh"
+#include "tls/context.hh"
+
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <netdb.h>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+namespace apprelay::connector {
+namespace {
+constexpr std::size_t k_scratch = 64 * 1024;
+constexpr std::size_t k_tunnel_high_water = 256 * 1024;
+// Backend bytes buffered for the tunnel before the backend's receive is paused (no credit).
+constexpr std::size_t k_backend_in_high = 256 * 1024;
+constexpr std::size_t k_backend_in_low = 64 * 1024;
+constexpr uint64_t k_max_wait_ns = 50'000'000;
+constexpr uint16_t k_any_worker = 0xFFFF;
+
+bool resolve(const std::string& hp, sockaddr_storage* ss, socklen_t* len) {
+    auto c = hp.rfind(':');
+    if (c == std::string::npos || c == 0) {
+        return false;
+    }
+    std::string host = hp.substr(0, c);
+    std::string port = hp.substr(c + 1);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+    }
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) {
+        return false;
+    }
+    std::memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return true;
+}
+} // namespace
+
+class agent;
+class tunnel_link;
+
+// backend_conn: plain TCP to the backend for one stream.
+// States: connecting -> open -> dead. Bytes from the relay queue in `_out` (bounded by the
+// credit we granted); bytes from the backend queue in `_in` until the mux pulls them.
+class backend_conn final : public io::sink {
+public:
+    backend_conn(agent* a, tunnel_link* t, uint32_t sid) : _a(a), _t(t), _sid(sid) {}
+    bool start(const sockaddr_storage& ss, socklen_t len);
+    void on_connect(io::conn_id, int res) override;
+    void on_recv(io::conn_id, std::span<const std::byte> data) override;
+    void on_recv_end(io::conn_id, int res) override;
+    void on_sent(io::conn_id, int res) override;
+
+    void relay_data(std::span<const std::byte> bytes);
+    void relay_fin();
+    std::size_t pull(std::span<std::byte> dst);
+    void kill(); // abort towards the backend, no tunnel action
+    void detach_tunnel() { _t = nullptr; }
+
+private:
+    void flush();
+    void fail_stream();
+
+    agent* _a;
+    tunnel_link* _t;
+    uint32_t _sid;
+    io::conn_id _id{};
+    bool _open = false;
+    bool _dead = false;
+    std::vector<std::byte> _out;     // waiting to be sent
+    std::vector<std::byte> _sending; // in flight (stable while the kernel reads it)
+    std::vector<std::byte> _in;
+    std::size_t _in_off = 0;
+    bool _fin_from_relay = false;
+    bool _shut_wr = false;
+    bool _eof = false;
+    bool _paused = false;
+};
+
+// tunnel_link: one tunnel to one relay worker; reconnects with backoff.
+// States: waiting (backoff) -> connecting -> handshaking -> hello_sent -> ready -> (failure) waiting
+class tunnel_link final : public io::sink, public tunnel::mux_handler {
+public:
+    tunnel_link(agent* a, uint16_t worker) : _a(a), _worker(worker) {}
+    void connect();
+    void on_connect(io::conn_id, int res) override;
+    void on_recv(io::conn_id, std::span<const std::byte> data) override;
+    void on_recv_end(io::conn_id, int res) override;
+    void on_sent(io::conn_id, int res) override;
+
+    void on_hello_ack(const tunnel::hello_ack& a) override;
+    void on_open(uint32_t sid, std::string_view app, std::string_view target) override;
+    void on_data(uint32_t sid, std::span<const std::byte> bytes) override;
+    void on_fin(uint32_t sid) override;
+    void on_reset(uint32_t sid, tunnel::reason r, std::string_view msg) override;
+    void on_stream_closed(uint32_t sid) override;
+    void on_goaway(uint32_t last, tunnel::reason r, std::string_view msg) override;
+    std::size_t pull(uint32_t sid, std::span<std::byte> dst) override;
+
+    void service();
+    void fail(std::string_view why);
+    void stream_gone(uint32_t sid) { _streams.erase(sid); }
+    tunnel::mux* mux() { return _mux.get(); }
+    void mark_dirty();
+    void queue_fin(uint32_t sid) {
+        _pending_fin.push_back(sid);
+        mark_dirty();
+    }
+    void queue_reset(uint32_t sid) {
+        _pending_reset.push_back(sid);
+        mark_dirty();
+    }
+    bool ready() const { return _state == state::ready; }
+    bool waiting() const { return _state == state::waiting; }
+    uint64_t retry_at() const { return _retry_at; }
+    uint16_t worker() const { return _worker; }
+    bool dirty = false;
+
+private:
+    enum class state : uint8_t { waiting, connecting, handshaking, hello_sent, ready };
+    void send_hello();
+    void schedule_retry();
+
+    agent* _a;
+    uint16_t _worker;
+    state _state = state::waiting;
+    io::conn_id _id{};
+    std::unique_ptr<io::tls_transport> _tx;
+    std::unique_ptr<tunnel::mux> _mux;
+    std::unordered_map<uint32_t, backend_conn*> _streams;
+    std::vector<uint32_t> _pending_fin;
+    std::vector<uint32_t> _pending_reset;
+    uint32_t _attempt = 0;
+    uint64_t _retry_at = 0;
+};
+
+class agent {
+public:
+    explicit agent(const agent_options& o) : opts(o), rng(std::random_device{}()) {}
+    int run(const std::atomic<bool>& stop);
+
+    agent_options opts;
+    std::unique_ptr<io::uring_loop> loop;
+    io::send_buffer_pool pool;
+    std::shared_ptr<tls::client_context> tls_ctx;
+    sockaddr_storage relay_addr{};
+    socklen_t relay_len = 0;
+    connector_counter_block counters;
+    std::vector<std::unique_ptr<tunnel_link>> links;
+    std::vector<tunnel_link*> dirty;
+    std::vector<backend_conn*> dead_backends;
+    std::vector<std::byte> scratch = std::vector<std::byte>(k_scratch);
+    uint16_t worker_count = 0;
+    uint64_t now = 0;
+    uint64_t last_tunnel_ns = 0;
+    std::mt19937_64 rng;
+
+    void ensure_links(uint16_t n) {
+        worker_count = std::max(worker_count, n);
+        std::vector<bool> have(worker_count, false);
+        for (auto& l : links) {
+            if (l->worker() < worker_count) {
+                have[l->worker()] = true;
+            }
+        }
+        for (uint16_t i = 0; i < worker_count; ++i) {
+            if (!have[i]) {
+                links.push_back(std::make_unique<tunnel_link>(this, i));
+                links.back()->connect();
+            }
+        }
+    }
+    void write_stats();
+};
+
+// ------------------------------------------------------------------------------ backend_conn
+
+bool backend_conn::start(const sockaddr_storage& ss, socklen_t len) {
+    auto id = _a->loop->connect(reinterpret_cast<const sockaddr*>(&ss), len, this);
+    if (!id) {
+        return false;
+    }
+    _id = *id;
+    return true;
+}
+
+void backend_conn::on_connect(io::conn_id, int res) {
+    if (_t == nullptr) {
+        kill();
+        return;
+    }
+    if (res != 0) {
+        _a->counters.add(connector_counter::streams_refused);
+        tunnel::reason r = res == -ECONNREFUSED ? tunnel::reason::refused
+                                                : tunnel::reason::unreachable;
+        _t->mux()->open_fail(_sid, r,
+                             res == -ECONNREFUSED ? "backend refused the connection"
+                                                  : "backend unreachable");
+        _t->stream_gone(_sid);
+        _t->mark_dirty();
+        _t = nullptr;
+        kill();
+        return;
+    }
+    _open = true;
+    _a->counters.add(connector_counter::streams_opened);
+    _t->mux()->open_ack(_sid);
+    _t->mark_dirty();
+    _a->loop->start_recv(_id);
+    flush();
+    if (_fin_from_relay && _sending.empty() && _out.empty() && !_shut_wr) {
+        _shut_wr = true;
+        _a->loop->shutdown_write(_id);
+    }
+}
+
+void backend_conn::relay_data(std::span<const std::byte> bytes) {
+    _out.insert(_out.end(), bytes.begin(), bytes.end());
+    if (_open) {
+        flush();
+    }
+}
+
+void backend_conn::flush() {
+    if (_dead || !_open || !_sending.empty() || _out.empty()) {
+        return;
+    }
+    _sending.swap(_out);
+    if (!_a->loop->send(_id, std::span<const std::byte>(_sending.data(), _sending.size()))) {
+        _sending.clear();
+    }
+}
+
+void backend_conn::on_sent(io::conn_id, int res) {
+    if (res < 0) {
+        fail_stream();
+        return;
+    }
+    std::size_t n = std::size_t(res);
+    _a->counters.add(connector_counter::bytes_to_backend, n);
+    if (_t != nullptr) {
+        // Credit goes back when the backend has taken the bytes (flow control invariant).
+        _t->mux()->consumed(_sid, n);
+        _t->mark_dirty();
+    }
+    if (n < _sending.size()) {
+        // Short send (MSG_WAITALL interrupted): keep order, resend the rest first.
+        _sending.erase(_sending.begin(), _sending.begin() + std::ptrdiff_t(n));
+        _out.insert(_out.begin(), _sending.begin(), _sending.end());
+    }
+    _sending.clear();
+    flush();
+    if (_fin_from_relay && _sending.empty() && _out.empty() && !_shut_wr) {
+        _shut_wr = true;
+        _a->loop->shutdown_write(_id);
+    }
+}
+
+void backend_conn::relay_fin() {
+    _fin_from_relay = true;
+    if (_open && _sending.empty() && _out.empty() && !_shut_wr) {
+        _shut_wr = true;
+        _a->loop->shutdown_write(_id);
+    }
+}
+
+void backend_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
+    if (_in_off == _in.size()) {
+        _in.clear();
+        _in_off = 0;
+    }
+    _in.insert(_in.end(), data.begin(), data.end());
+    _a->counters.add(connector_counter::bytes_from_backend, data.size());
+    if (_t != nullptr) {
+        _t->mux()->mark_readable(_sid);
+        _t->mark_dirty();
+    }
+    if (!_paused && _in.size() - _in_off > k_backend_in_high) {
+        _paused = true;
+        _a->loop->pause_recv(_id);
+    }
+}
+
+std::size_t backend_conn::pull(std::span<std::byte> dst) {
+    std::size_t avail = _in.size() - _in_off;
+    std::size_t n = std::min(avail, dst.size());
+    if (n > 0) {
+        std::memcpy(dst.data(), _in.data() + _in_off, n);
+        _in_off += n;
+    }
+    if (_paused && _in.size() - _in_off < k_backend_in_low) {
+        _paused = false;
+        _a->loop->start_recv(_id);
+    }
+    return n;
+}
+
+void backend_conn::on_recv_end(io::conn_id, int res) {
+    if (res == 0) {
+        _eof = true;
+        if (_t != nullptr) {
+            _t->mux()->mark_readable(_sid);
+            _t->queue_fin(_sid);
+        }
+        return;
+    }
+    fail_stream();
+}
+
+void backend_conn::fail_stream() {
+    if (_t != nullptr) {
+        _t->stream_gone(_sid);
+        _t->queue_reset(_sid);
+        _t = nullptr;
+    }
+    _a->counters.add(connector_counter::streams_reset);
+    kill();
+}
+
+void backend_conn::kill() {
+    if (_dead) {
+        return;
+    }
+    _dead = true;
+    if (_id.valid()) {
+        _a->loop->close(_id, true);
+    }
+    _a->dead_backends.push_back(this);
+}
+
+// ------------------------------------------------------------------------------- tunnel_link
+
+void tunnel_link::mark_dirty() {
+    if (!dirty) {
+        dirty = true;
+        _a->dirty.push_back(this);
+    }
+}
+
+void tunnel_link::connect() {
+    auto id = _a->loop->connect(reinterpret_cast<const sockaddr*>(&_a->relay_addr),
+                                _a->relay_len, this);
+    if (!id) {
+        schedule_retry();
+        return;
+    }
+    _id = *id;
+    _state = state::connecting;
+}
+
+void tunnel_link::schedule_retry() {
+    // Full jitter: uniform in [0, min(cap, base * 2^attempt)] so a relay restart does not see
+    // every connector at once.
+    uint64_t ceiling = std::min<uint64_t>(_a->opts.backoff_cap_ms,
+                                          uint64_t(_a->opts.backoff_base_ms) << std::min(_attempt, 20u));
+    std::uniform_int_distribution<uint64_t> d(0, ceiling);
+    uint64_t delay_ms = d(_a->rng);
+    ++_attempt;
+    _retry_at = _a->now + delay_ms * 1'000'000ull;
+    _state = state::waiting;
+    log::info("tunnel_retry", {{"worker", _worker}, {"attempt", _attempt}, {"delay_ms", delay_ms}});
+}
+
+void tunnel_link::on_connect(io::conn_id, int res) {
+    if (res != 0) {
+        _a->loop->close(_id);
+        _a->counters.add(connector_counter::tunnel_failures);
+        log::info("tunnel_connect_failed", {{"worker", _worker}, {"reason", std::strerror(-res)}});
+        schedule_retry();
+        return;
+    }
+    _tx = std::make_unique<io::tls_transport>(_a->loop.get(), _id, _a->tls_ctx->new_session(),
+                                              &_a->pool);
+    _mux = std::make_unique<tunnel::mux>(tunnel::role::connector, tunnel::mux_limits{}, *this);
+    _state = state::handshaking;
+    _a->loop->start_recv(_id);
+    auto r = _tx->tls().handshake(); // ClientHello
+    _tx->flush();
+    if (!r && r.code() != errc::again) {
+        fail(_tx->tls().last_error());
+    }
+}
+
+void tunnel_link::send_hello() {
+    tunnel::hello h{};
+    h.proto_version = 1;
+    h.worker_index = _worker;
+    h.max_frame = tunnel::mux_limits{}.max_frame;
+    h.initial_window = tunnel::mux_limits{}.initial_window;
+    h.connector_id = _a->opts.id;
+    h.connector_version = _a->opts.version;
+    _mux->send_hello(h);
+    _state = state::hello_sent;
+    mark_dirty();
+}
+
+void tunnel_link::on_recv(io::conn_id, std::span<const std::byte> data) {
+    if (_state == state::waiting || !_tx) {
+        return;
+    }
+    _tx->tls().feed(data);
+    if (_state == state::handshaking) {
+        auto r = _tx->tls().handshake();
+        _tx->flush();
+        if (r.code() == errc::again) {
+            return;
+        }
+        if (!r) {
+            fail(_tx->tls().last_error());
+            return;
+        }
+        send_hello();
+    }
+    for (;;) {
+        auto r = _tx->tls().read(std::span<std::byte>(_a->scratch.data(), _a->scratch.size()));
+        if (!r) {
+            if (r.code() == errc::again) {
+                break;
+            }
+            fail(r.code() == errc::closed ? "relay closed the tunnel" : _tx->tls().last_error());
+            return;
+        }
+        auto m = _mux->receive(std::span<const std::byte>(_a->scratch.data(), *r), _a->now);
+        if (!m) {
+            _a->counters.add(connector_counter::protocol_errors);
+            fail(m.err().detail);
+            return;
+        }
+        if (_state == state::waiting) {
+            return;
+        }
+    }
+    mark_dirty();
+}
+
+void tunnel_link::on_hello_ack(const tunnel::hello_ack& a) {
+    if (_state != state::hello_sent) {
+        fail("HELLO_ACK out of order");
+        return;
+    }
+    _state = state::ready;
+    _attempt = 0;
+    _a->last_tunnel_ns = _a->now;
+    _a->counters.add(connector_counter::tunnels_connected);
+    _a->counters.set(connector_counter::tunnels_up, _a->counters.get(connector_counter::tunnels_up) + 1);
+    if (_worker == k_any_worker) {
+        _worker = a.worker_index;
+    }
+    log::info("tunnel_up", {{"worker", _worker},
+                            {"relay_workers", a.worker_count},
+                            {"latest_version", a.latest_version}});
+    _a->ensure_links(a.worker_count);
+}
+
+void tunnel_link::on_open(uint32_t sid, std::string_view, std::string_view target) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    auto* b = new backend_conn(_a, this, sid);
+    if (!resolve(std::string(target), &ss, &len) || !b->start(ss, len)) {
+        delete b;
+        _a->counters.add(connector_counter::streams_refused);
+        _mux->open_fail(sid, tunnel::reason::unreachable, "cannot resolve or reach target");
+        mark_dirty();
+        return;
+    }
+    _streams.emplace(sid, b);
+}
+
+void tunnel_link::on_data(uint32_t sid, std::span<const std::byte> bytes) {
+    auto it = _streams.find(sid);
+    if (it != _streams.end()) {
+        it->second->relay_data(bytes);
+    }
+}
+
+void tunnel_link::on_fin(uint32_t sid) {
+    auto it = _streams.find(sid);
+    if (it != _streams.end()) {
+        it->second->relay_fin();
+    }
+}
+
+void tunnel_link::on_reset(uint32_t sid, tunnel::reason, std::string_view) {
+    auto it = _streams.find(sid);
+    if (it == _streams.end()) {
+        return;
+    }
+    backend_conn* b = it->second;
+    _streams.erase(it);
+    b->detach_tunnel();
+    _a->counters.add(connector_counter::streams_reset);
+    b->kill();
+}
+
+void tunnel_link::on_stream_closed(uint32_t sid) {
+    auto it = _streams.find(sid);
+    if (it == _streams.end()) {
+        return;
+    }
+    backend_conn* b = it->second;
+    _streams.erase(it);
+    b->detach_tunnel();
+    _a->counters.add(connector_counter::streams_closed);
+    b->kill(); // both directions are done: closing now loses nothing
+}
+
+void tunnel_link::on_goaway(uint32_t, tunnel::reason, std::string_view msg) {
+    log::info("relay_goaway", {{"worker", _worker}, {"reason", msg}});
+}
+
+std::size_t tunnel_link::pull(uint32_t sid, std::span<std::byte> dst) {
+    auto it = _streams.find(sid);
+    return it == _streams.end() ? 0 : it->second->pull(dst);
+}
+
+void tunnel_link::service() {
+    if (!_mux || (_state != state::ready && _state != state::hello_sent)) {
+        return;
+    }
+    for (uint32_t sid : _pending_reset) {
+        _mux->reset(sid, tunnel::reason::cancelled, "backend connection failed");
+    }
+    _pending_reset.clear();
+    for (int pass = 0; pass < 64 && _tx->queued() < k_tunnel_high_water; ++pass) {
+        for (uint32_t sid : _pending_fin) {
+            _mux->finish(sid);
+        }
+        _pending_fin.clear();
+        if (!_mux->wants_produce()) {
+            break;
+        }
+        std::size_t n = _mux->produce(std::span<std::byte>(_a->scratch.data(), _a->scratch.size()));
+        if (n == 0 && _pending_fin.empty()) {
+            break;
+        }
+        if (n > 0 && !_tx->tls().write(std::span<const std::byte>(_a->scratch.data(), n))) {
+            fail(_tx->tls().last_error());
+            return;
+        }
+    }
+    _tx->flush();
+}
+
+void tunnel_link::on_sent(io::conn_id, int res) {
+    if (!_tx) {
+        return;
+    }
+    if (!_tx->on_sent(res)) {
+        fail("send to relay failed");
+        return;
+    }
+    mark_dirty();
+}
+
+void tunnel_link::on_recv_end(io::conn_id, int res) {
+    fail(res == 0 ? "relay closed the connection" : "connection to relay failed");
+}
+
+void tunnel_link::fail(std::string_view why) {
+    if (_state == state::waiting) {
+        return;
+    }
+    if (_state == state::ready) {
+        _a->counters.set(connector_counter::tunnels_up,
+                         _a->counters.get(connector_counter::tunnels_up) - 1);
+    }
+    _a->counters.add(connector_counter::tunnel_failures);
+    log::info("tunnel_down", {{"worker", _worker}, {"reason", why}, {"streams", _streams.size()}});
+    for (auto& [sid, b] : _streams) {
+        b->detach_tunnel();
+        _a->counters.add(connector_counter::streams_reset);
+        b->kill();
+    }
+    _streams.clear();
+    _pending_fin.clear();
+    _pending_reset.clear();
+    _a->loop->close(_id, false);
+    _tx.reset();
+    _mux.reset();
+    if (dirty) {
+        dirty = false;
+        auto& d = _a->dirty;
+        d.erase(std::remove(d.begin(), d.end(), this), d.end());
+    }
+    schedule_retry();
+}
+
+// ------------------------------------------------------------------------------------ agent
+
+void agent::write_stats() {
+    std::string s = "{\"counters\":{";
+    for (std::size_t i = 0; i < std::size_t(connector_counter::count_); ++i) {
+        s += (i ? ",\"" : "\"") + std::string(connector_counter_names[i]) +
+             "\":" + std::to_string(counters.get(i));
+    }
+    s += "},\"id\":\"" + opts.id + "\",\"relay\":\"" + opts.relay + "\",\"version\":\"" +
+         opts.version + "\"}";
+    std::string tmp = opts.stats_file + ".tmp";
+    {
+        std::ofstream f(tmp, std::ios::trunc);
+        f << s;
+    }
+    std::rename(tmp.c_str(), opts.stats_file.c_str());
+}
+
+int agent::run(const std::atomic<bool>& stop) {
+    std::string why;
+    if (!resolve(opts.relay, &relay_addr, &relay_len)) {
+        log::error("config_invalid", {{"relay", opts.relay}, {"reason", "cannot resolve HOST:PORT"}});
+        return 2;
+    }
+    tls::client_options co;
+    co.ca_pem_path = opts.ca_path;
+    co.server_name = opts.server_name;
+    co.client_cert = {opts.cert_path, opts.key_path};
+    auto ctx = tls::client_context::create(co, &why);
+    if (!ctx) {
+        log::error("tls_invalid", {{"reason", why}});
+        return 2;
+    }
+    tls_ctx = *ctx;
+    auto l = io::uring_loop::create(io::loop_options{.entries = 1024, .buf_count = 512,
+                                                     .buf_size = 16384},
+                                    &why);
+    if (!l) {
+        log::error("io_failed", {{"reason", why}});
+        return 2;
+    }
+    loop = std::move(*l);
+    now = mono_ns();
+    last_tunnel_ns = now;
+    links.push_back(std::make_unique<tunnel_link>(this, k_any_worker));
+    links.back()->connect();
+    uint64_t next_stats = 0;
+    int code = 0;
+    while (!stop.load(std::memory_order_relaxed)) {
+        for (std::size_t i = 0; i < dirty.size(); ++i) {
+            tunnel_link* t = dirty[i];
+            t->dirty = false;
+            t->service();
+        }
+        dirty.clear();
+        for (auto* b : dead_backends) {
+            delete b;
+        }
+        dead_backends.clear();
+        uint64_t wait = dirty.empty() ? k_max_wait_ns : 0;
+        loop->run_once(wait);
+        now = mono_ns();
+        bool any_up = false;
+        for (std::size_t i = 0; i < links.size(); ++i) {
+            auto& lk = links[i];
+            any_up = any_up || lk->ready();
+            if (lk->waiting() && now >= lk->retry_at()) {
+                lk->connect();
+            }
+        }
+        if (any_up) {
+            last_tunnel_ns = now;
+        } else if (now - last_tunnel_ns > uint64_t(opts.give_up_after_ms) * 1'000'000ull) {
+            log::error("giving_up", {{"reason", "no tunnel to the relay"},
+                                     {"after_ms", opts.give_up_after_ms}});
+            code = 3;
+            break;
+        }
+        if (!opts.stats_file.empty() && now >= next_stats) {
+            next_stats = now + 200'000'000ull;
+            write_stats();
+        }
+    }
+    if (!opts.stats_file.empty()) {
+        write_stats();
+    }
+    return code;
+}
+
+int run_agent(const agent_options& opts, const std::atomic<bool>& stop) {
+    log::set_component("connector");
+    agent a(opts);
+    return a.run(stop);
+}
+
+} // namespace apprelay::connector

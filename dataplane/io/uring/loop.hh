@@ -1,0 +1,111 @@
+#pragma once
+// One io_uring per worker thread (SINGLE_ISSUER | DEFER_TASKRUN: create and run it on the
+// worker thread). Multishot accept, multishot recv into a provided buffer ring, batched
+// submission (SQEs are only submitted in run_once, or when the SQ is full).
+//
+// Socket slot state: free -> open (recv armed or not, at most one send in flight) ->
+// closing/detaching (owner gets no callbacks; waits for in-flight ops) -> free.
+#include "dataplane/base/result.hh"
+#include "dataplane/io/sink.hh"
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <sys/socket.h>
+#include <vector>
+
+struct io_uring;
+struct io_uring_buf_ring;
+
+namespace apprelay::io {
+
+struct loop_options {
+    unsigned entries = 4096;    // SQ size; CQ is 2x
+    unsigned buf_count = 1024;  // provided receive buffers (power of two)
+    unsigned buf_size = 16384;  // one TLS record fits; 16 MiB per worker in all
+};
+
+struct loop_stats {
+    uint64_t recv_nobufs = 0;     // multishot recv stopped for lack of provided buffers
+    uint64_t sq_full_submits = 0; // SQ full: submitted early
+    uint64_t cqes = 0;
+    uint64_t waits = 0;
+};
+
+class uring_loop {
+public:
+    static result<std::unique_ptr<uring_loop>> create(const loop_options& opts, std::string* why);
+    ~uring_loop();
+    uring_loop(const uring_loop&) = delete;
+    uring_loop& operator=(const uring_loop&) = delete;
+
+    // Listening socket prepared by the caller (bound, listening). Multishot accept.
+    result<conn_id> listen(int listen_fd, sink* owner);
+    // Take an fd (accepted or handed over from another worker) into the loop.
+    result<conn_id> adopt(int fd, sink* owner);
+    // Non-blocking connect to addr; on_connect reports the outcome.
+    result<conn_id> connect(const sockaddr* addr, socklen_t len, sink* owner);
+
+    void start_recv(conn_id id);
+    void pause_recv(conn_id id);
+    bool recv_wanted(conn_id id) const;
+    // At most one send in flight per socket (bytes stay in order); data must stay valid and
+    // unchanged until on_sent. Returns false if one is already in flight or the id is stale.
+    bool send(conn_id id, std::span<const std::byte> data);
+    bool send_in_flight(conn_id id) const;
+    // Close: no callbacks afterwards. abort = RST (SO_LINGER 0) so the peer sees a reset, not a
+    // clean end of stream.
+    void close(conn_id id, bool abort = false);
+    // shutdown(SHUT_WR) now (synchronous, cheap).
+    void shutdown_write(conn_id id);
+    // Stop all operations and give the fd back through on_detached (for hand-over between workers).
+    void detach(conn_id id);
+    void set_owner(conn_id id, sink* owner);
+    int fd_of(conn_id id) const;
+
+    // Submit queued SQEs, wait up to timeout_ns for at least one completion (0 = poll), dispatch
+    // every available completion. Returns completions dispatched.
+    unsigned run_once(uint64_t timeout_ns);
+    // Thread-safe: makes a waiting run_once return soon and calls the wake handler on the loop.
+    void wake() noexcept;
+    void set_wake_handler(std::function<void()> fn) { _on_wake = std::move(fn); }
+
+    const loop_stats& stats() const noexcept { return _stats; }
+    std::size_t open_sockets() const noexcept { return _open; }
+
+private:
+    uring_loop() = default;
+    struct slot;
+    enum class op : uint8_t;
+
+    result<void> init(const loop_options& opts, std::string* why);
+    void* get_sqe();
+    void arm_recv(uint32_t index);
+    void arm_accept(uint32_t index);
+    void arm_wake();
+    void submit_cancel(uint32_t index, op o);
+    void dispatch(uint64_t user_data, int res, uint32_t flags);
+    void maybe_release(uint32_t index);
+    result<uint32_t> alloc_slot(int fd, sink* owner);
+    slot* live(conn_id id);
+    const slot* live(conn_id id) const;
+
+    std::unique_ptr<io_uring> _ring;
+    io_uring_buf_ring* _br = nullptr;
+    std::byte* _bufs = nullptr;
+    std::size_t _br_bytes = 0;
+    unsigned _buf_count = 0;
+    unsigned _buf_size = 0;
+    std::vector<slot> _slots;
+    std::vector<uint32_t> _free;
+    std::size_t _open = 0;
+    int _wake_fd = -1;
+    uint64_t _wake_buf = 0;
+    std::atomic<bool> _wake_pending{false};
+    std::function<void()> _on_wake;
+    loop_stats _stats;
+};
+
+} // namespace apprelay::io

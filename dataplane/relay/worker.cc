@@ -1,0 +1,1004 @@
+#include "dataplane/relay/worker.hh"
+
+#include "dataplane/base/log.hh"
+#include "dataplane/base/time.hh"
+#include "dataplane/tunnel/mux.hh"
+
+#include <algorithm>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+#include <unordered_map>
+
+namespace apprelay::relay {
+namespace {
+// Plaintext scratch: one produce() pass or one decrypt. 64 KiB = 4 full TLS records, so many
+// small frames of different streams coalesce into full records (one SSL_write per pass).
+constexpr std::size_t k_scratch = 64 * 1024;
+// A tunnel stops producing frames while this much ciphertext waits for its socket: bounds
+// memory and keeps the scheduler's fairness decisions close to the wire.
+constexpr std::size_t k_tunnel_high_water = 256 * 1024;
+// A user's receive is paused while this much undecrypted ciphertext is buffered (the stream has
+// no credit); resumed below the low mark.
+constexpr std::size_t k_user_in_high = 256 * 1024;
+constexpr std::size_t k_user_in_low = 64 * 1024;
+// Credit for bytes sent to a user goes back to the connector once the user's queued ciphertext
+// drops below this: a user that stops reading stops its stream only.
+constexpr std::size_t k_user_out_low = 64 * 1024;
+// Idle wait when nothing is dirty; also the granularity of the housekeeping scan.
+constexpr uint64_t k_max_wait_ns = 50'000'000;
+constexpr uint64_t k_housekeeping_ns = 500'000'000;
+
+void set_nodelay(int fd) {
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+} // namespace
+
+// ---------------------------------------------------------------------------------------------
+// user_conn: one user TLS connection = one stream.
+// States: handshaking -> streaming (stream sid on tunnel t) -> closing (output flushed, then
+// close) ; any error -> aborted (RST).
+class user_conn final : public io::sink {
+public:
+    user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
+        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool), _accepted_ns(w->_now) {}
+
+    void on_recv(io::conn_id, std::span<const std::byte> data) override;
+    void on_recv_end(io::conn_id, int res) override;
+    void on_sent(io::conn_id, int res) override;
+
+    // tunnel side events
+    void tunnel_data(std::span<const std::byte> bytes);
+    void tunnel_fin();
+    void stream_closed();
+    void abort(relay_counter why);
+    std::size_t pull(std::span<std::byte> dst);
+    void detach_from_tunnel() {
+        _t = nullptr;
+        _sid = 0;
+    }
+
+    bool handshaking() const { return _state == state::handshaking; }
+    uint64_t accepted_ns() const { return _accepted_ns; }
+    std::size_t pos = 0; // index in worker::_users
+
+private:
+    enum class state : uint8_t { handshaking, streaming, closing, dead };
+    void handshake();
+    void start_stream();
+    void maybe_return_credit();
+    void maybe_finish_close();
+    void queue_fin();
+    void close_now(bool abort);
+
+    worker* _w;
+    io::tls_transport _tx;
+    state _state = state::handshaking;
+    tunnel_conn* _t = nullptr;
+    uint32_t _sid = 0;
+    uint64_t _unacked = 0; // bytes from the tunnel not yet credited back
+    uint64_t _accepted_ns;
+    bool _eof_from_user = false; // close_notify or TCP FIN: FIN owed to the tunnel
+    bool _fin_from_tunnel = false;
+    bool _stream_done = false;
+    bool _recv_paused = false;
+};
+
+// ---------------------------------------------------------------------------------------------
+// tunnel_conn: one connector tunnel (mutual TLS) carrying many streams.
+// States: handshaking -> await_hello -> (handing_off -> moved to another worker) -> ready ->
+// closed. Identity (connector, tenant, group) comes from the verified certificate + snapshot only.
+class tunnel_conn final : public io::sink, public tunnel::mux_handler {
+public:
+    tunnel_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s);
+
+    void on_recv(io::conn_id, std::span<const std::byte> data) override;
+    void on_recv_end(io::conn_id, int res) override;
+    void on_sent(io::conn_id, int res) override;
+    void on_detached(io::conn_id, int fd) override;
+
+    // mux_handler
+    void on_hello(const tunnel::hello& h) override;
+    void on_open_ack(uint32_t sid) override;
+    void on_open_fail(uint32_t sid, tunnel::reason r, std::string_view msg) override;
+    void on_data(uint32_t sid, std::span<const std::byte> bytes) override;
+    void on_fin(uint32_t sid) override;
+    void on_reset(uint32_t sid, tunnel::reason r, std::string_view msg) override;
+    void on_stream_closed(uint32_t sid) override;
+    void on_goaway(uint32_t last, tunnel::reason r, std::string_view msg) override;
+    std::size_t pull(uint32_t sid, std::span<std::byte> dst) override;
+
+    result<uint32_t> open_stream(user_conn* u, const app_entry& app);
+    void forget_stream(uint32_t sid, bool reset);
+    void finish_stream(uint32_t sid) {
+        _pending_fin.push_back(sid);
+        _w->mark_dirty(this);
+    }
+    void service();
+    void adopt_on(worker* w, io::conn_id id);
+    void fail(relay_counter counter, std::string_view why);
+    void goaway(std::string_view why);
+
+    bool ready() const { return _state == state::ready; }
+    uint16_t handoff_target() const { return _target_worker; }
+    bool handshaking() const { return _state == state::handshaking || _state == state::await_hello; }
+    uint64_t accepted_ns() const { return _accepted_ns; }
+    std::size_t stream_count() const { return _streams.size(); }
+    uint32_t group() const { return _group; }
+    int32_t connector() const { return _connector; }
+    tunnel::mux& mux() { return _mux; }
+    bool dirty = false;
+    std::size_t pos = 0; // index in worker::_tunnels
+
+private:
+    enum class state : uint8_t { handshaking, await_hello, handing_off, ready, closed };
+    void after_handshake();
+    void send_hello_ack();
+    void close_all_streams();
+
+    worker* _w;
+    io::tls_transport _tx;
+    tunnel::mux _mux;
+    state _state = state::handshaking;
+    int32_t _connector = -1;
+    uint32_t _group = 0;
+    uint16_t _target_worker = 0;
+    uint64_t _accepted_ns;
+    std::unordered_map<uint32_t, user_conn*> _streams;
+    std::vector<uint32_t> _pending_fin;
+    std::vector<uint32_t> _pending_reset;
+    bool _handoff_pending = false;
+    std::string _violation; // protocol violation seen inside a mux callback
+};
+
+// ----------------------------------------------------------------------------- user_conn impl
+
+void user_conn::queue_fin() {
+    if (!_eof_from_user) {
+        _eof_from_user = true;
+        if (_t != nullptr) {
+            _t->finish_stream(_sid);
+        }
+    }
+}
+
+void user_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
+    if (_state == state::dead || _state == state::closing) {
+        return;
+    }
+    _tx.tls().feed(data);
+    if (_state == state::handshaking) {
+        handshake();
+        return;
+    }
+    if (_t != nullptr) {
+        _t->mux().mark_readable(_sid);
+        _w->mark_dirty(_t);
+    }
+    if (!_recv_paused && _tx.tls().buffered_input() > k_user_in_high) {
+        _recv_paused = true;
+        _w->_counters.add(relay_counter::user_recv_paused);
+        _w->_loop->pause_recv(_tx.id());
+    }
+}
+
+void user_conn::handshake() {
+    auto r = _tx.tls().handshake();
+    _tx.flush();
+    if (r.code() == errc::again) {
+        return;
+    }
+    if (!r) {
+        if (r.code() == errc::unknown_app) {
+            _w->_counters.add(relay_counter::user_unknown_sni);
+            log::info("user_refused", {{"worker", _w->_index},
+                                       {"reason", "unknown application"},
+                                       {"sni", _tx.tls().sni()}});
+        } else {
+            _w->_counters.add(relay_counter::user_tls_failed);
+            log::info("user_tls_failed",
+                      {{"worker", _w->_index}, {"reason", _tx.tls().last_error()}});
+        }
+        // Let the alert go out, then close.
+        _state = state::closing;
+        maybe_finish_close();
+        return;
+    }
+    start_stream();
+}
+
+void user_conn::start_stream() {
+    const auto& snap = *_w->_shared.snap;
+    int64_t idx = _tx.tls().sni_index();
+    if (idx < 0 || std::size_t(idx) >= snap.apps.size()) {
+        _w->_counters.add(relay_counter::user_unknown_sni);
+        close_now(true);
+        return;
+    }
+    const app_entry& app = snap.apps[std::size_t(idx)];
+    tunnel_conn* t = _w->pick_tunnel(app.group);
+    if (t == nullptr) {
+        _w->_counters.add(relay_counter::streams_failed_no_connector);
+        log::info("stream_refused", {{"worker", _w->_index},
+                                     {"app", app.name},
+                                     {"group", snap.groups[app.group].name},
+                                     {"reason", "no connector available"}});
+        close_now(true);
+        return;
+    }
+    auto sid = t->open_stream(this, app);
+    if (!sid) {
+        _w->_counters.add(relay_counter::streams_failed_limit);
+        log::info("stream_refused", {{"worker", _w->_index},
+                                     {"app", app.name},
+                                     {"reason", to_string(sid.code())}});
+        close_now(true);
+        return;
+    }
+    _t = t;
+    _sid = *sid;
+    _state = state::streaming;
+    _w->_counters.add(relay_counter::streams_opened);
+    // Bytes may have arrived with the handshake (pipelined first request).
+    t->mux().mark_readable(_sid);
+    _w->mark_dirty(t);
+}
+
+std::size_t user_conn::pull(std::span<std::byte> dst) {
+    if (_state != state::streaming) {
+        return 0;
+    }
+    auto r = _tx.tls().read(dst);
+    if (r) {
+        _w->_counters.add(relay_counter::bytes_user_to_backend, *r);
+        if (_recv_paused && _tx.tls().buffered_input() < k_user_in_low) {
+            _recv_paused = false;
+            _w->_loop->start_recv(_tx.id());
+        }
+        return *r;
+    }
+    if (r.code() == errc::again) {
+        if (_recv_paused) {
+            _recv_paused = false;
+            _w->_loop->start_recv(_tx.id());
+        }
+        return 0;
+    }
+    if (r.code() == errc::closed) {
+        queue_fin();
+        return 0;
+    }
+    // TLS failure mid-stream: the stream is cut, the tunnel must say so (RST, never FIN).
+    log::info("user_tls_failed", {{"worker", _w->_index}, {"reason", _tx.tls().last_error()}});
+    _w->_counters.add(relay_counter::user_tls_failed);
+    _eof_from_user = true;
+    if (_t != nullptr) {
+        _t->forget_stream(_sid, true);
+        _t = nullptr;
+    }
+    close_now(true);
+    return 0;
+}
+
+void user_conn::on_recv_end(io::conn_id, int res) {
+    if (_state == state::dead) {
+        return;
+    }
+    if (_state == state::handshaking) {
+        _w->_counters.add(relay_counter::user_tls_failed);
+        close_now(true);
+        return;
+    }
+    if (res == 0 && _state == state::streaming) {
+        // TCP FIN from the user: half-close. Whatever is still buffered is pulled first, then
+        // FIN goes to the tunnel.
+        // Records still buffered in the session are pulled before the FIN (mux::finish orders it).
+        if (_t != nullptr) {
+            _t->mux().mark_readable(_sid);
+        }
+        queue_fin();
+        return;
+    }
+    if (_t != nullptr) {
+        _t->forget_stream(_sid, true);
+        _t = nullptr;
+    }
+    close_now(true);
+}
+
+void user_conn::tunnel_data(std::span<const std::byte> bytes) {
+    if (_state != state::streaming) {
+        return;
+    }
+    auto r = _tx.tls().write(bytes);
+    if (!r) {
+        if (_t != nullptr) {
+            _t->forget_stream(_sid, true);
+            _t = nullptr;
+        }
+        close_now(true);
+        return;
+    }
+    _w->_counters.add(relay_counter::bytes_backend_to_user, bytes.size());
+    _unacked += bytes.size();
+    _tx.flush();
+    maybe_return_credit();
+}
+
+void user_conn::maybe_return_credit() {
+    if (_unacked > 0 && _t != nullptr && _tx.queued() < k_user_out_low) {
+        _t->mux().consumed(_sid, _unacked);
+        _unacked = 0;
+        _w->mark_dirty(_t);
+    }
+}
+
+void user_conn::tunnel_fin() {
+    _fin_from_tunnel = true;
+    _tx.tls().shutdown();
+    _tx.flush();
+    maybe_finish_close();
+}
+
+void user_conn::stream_closed() {
+    _stream_done = true;
+    _t = nullptr;
+    _w->_counters.add(relay_counter::streams_closed);
+    _state = state::closing;
+    maybe_finish_close();
+}
+
+void user_conn::abort(relay_counter why) {
+    _w->_counters.add(why);
+    _t = nullptr;
+    close_now(true);
+}
+
+void user_conn::on_sent(io::conn_id, int res) {
+    if (_state == state::dead) {
+        return;
+    }
+    if (!_tx.on_sent(res)) {
+        if (_t != nullptr) {
+            _t->forget_stream(_sid, true);
+            _t = nullptr;
+        }
+        close_now(true);
+        return;
+    }
+    maybe_return_credit();
+    maybe_finish_close();
+}
+
+void user_conn::maybe_finish_close() {
+    if (_state == state::closing && _tx.idle()) {
+        close_now(false);
+    }
+}
+
+void user_conn::close_now(bool abort) {
+    if (_state == state::dead) {
+        return;
+    }
+    _state = state::dead;
+    _w->_loop->close(_tx.id(), abort);
+    _w->bury(this);
+}
+
+// --------------------------------------------------------------------------- tunnel_conn impl
+
+namespace {
+tunnel::mux_limits mux_limits_from(const relay_limits& l) {
+    tunnel::mux_limits m;
+    m.max_frame = l.max_frame;
+    m.initial_window = l.initial_window;
+    m.max_streams = l.max_streams_per_tunnel;
+    return m;
+}
+} // namespace
+
+tunnel_conn::tunnel_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
+    : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool),
+      _mux(tunnel::role::relay, mux_limits_from(w->_shared.snap->limits), *this),
+      _accepted_ns(w->_now) {}
+
+void tunnel_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
+    if (_state == state::closed) {
+        return;
+    }
+    _tx.tls().feed(data);
+    if (_state == state::handing_off) {
+        return; // decrypted by the worker that takes it over
+    }
+    if (_state == state::handshaking) {
+        auto r = _tx.tls().handshake();
+        _tx.flush();
+        if (r.code() == errc::again) {
+            return;
+        }
+        if (!r) {
+            fail(r.code() == errc::cert_rejected ? relay_counter::tunnel_cert_rejected
+                                                 : relay_counter::tunnel_tls_failed,
+                 _tx.tls().last_error());
+            return;
+        }
+        after_handshake();
+        if (_state == state::closed) {
+            return;
+        }
+    }
+    for (;;) {
+        auto r = _tx.tls().read(std::span<std::byte>(_w->_scratch.data(), _w->_scratch.size()));
+        if (!r) {
+            if (r.code() == errc::again) {
+                break;
+            }
+            if (r.code() == errc::closed) {
+                fail(relay_counter::tunnels_closed, "connector closed the tunnel");
+            } else {
+                fail(relay_counter::tunnel_tls_failed, _tx.tls().last_error());
+            }
+            return;
+        }
+        auto m = _mux.receive(std::span<const std::byte>(_w->_scratch.data(), *r), _w->_now);
+        if (!m || !_violation.empty()) {
+            _w->_counters.add(relay_counter::tunnel_protocol_errors);
+            goaway(m ? std::string_view(_violation) : m.err().detail);
+            return;
+        }
+        if (_state != state::ready && _state != state::await_hello) {
+            return; // handing off (HELLO asked for another worker) or closed
+        }
+    }
+    _w->mark_dirty(this);
+}
+
+void tunnel_conn::after_handshake() {
+    const auto& snap = *_w->_shared.snap;
+    std::string fp = _tx.tls().peer_fingerprint();
+    auto it = snap.connector_by_fingerprint.find(fp);
+    if (it == snap.connector_by_fingerprint.end()) {
+        fail(relay_counter::tunnel_unknown_connector,
+             "certificate " + fp.substr(0, 16) + "... matches no registered connector");
+        return;
+    }
+    _connector = int32_t(it->second);
+    _group = snap.connectors[it->second].group;
+    _state = state::await_hello;
+}
+
+void tunnel_conn::on_hello(const tunnel::hello& h) {
+    // Called from inside mux::receive: violations are recorded and acted on once it returns.
+    const auto& snap = *_w->_shared.snap;
+    if (_state != state::await_hello) {
+        _violation = "HELLO after the tunnel was set up";
+        return;
+    }
+    const auto& c = snap.connectors[std::size_t(_connector)];
+    if (h.connector_id != c.id) {
+        _violation = "HELLO claims another connector id than its certificate";
+        return;
+    }
+    if (h.worker_index != tunnel::k_any_worker && h.worker_index != _w->_index) {
+        if (h.worker_index >= _w->_shared.worker_count) {
+            _violation = "HELLO asks for a worker the relay does not have";
+            return;
+        }
+        _target_worker = h.worker_index;
+        _state = state::handing_off;
+        _handoff_pending = true;
+        if (_tx.idle()) {
+            _handoff_pending = false;
+            _w->_loop->detach(_tx.id());
+        }
+        return;
+    }
+    send_hello_ack();
+}
+
+void tunnel_conn::send_hello_ack() {
+    const auto& snap = *_w->_shared.snap;
+    tunnel::hello_ack a{};
+    a.proto_version = 1;
+    a.worker_index = _w->_index;
+    a.worker_count = _w->_shared.worker_count;
+    a.max_frame = snap.limits.max_frame;
+    a.initial_window = snap.limits.initial_window;
+    a.max_streams = snap.limits.max_streams_per_tunnel;
+    a.ping_interval_ms = snap.limits.ping_interval_ms;
+    a.latest_version = snap.latest_connector_version;
+    a.min_version = snap.min_connector_version;
+    _mux.send_hello_ack(a);
+    _state = state::ready;
+    _w->tunnel_ready(this);
+    log::info("tunnel_up", {{"worker", _w->_index},
+                            {"connector", snap.connectors[std::size_t(_connector)].id},
+                            {"group", snap.groups[_group].name}});
+    _w->mark_dirty(this);
+}
+
+void tunnel_conn::on_detached(io::conn_id, int fd) { _w->handoff(this, fd); }
+
+void tunnel_conn::adopt_on(worker* w, io::conn_id id) {
+    _w = w;
+    _tx.rebind(w->_loop.get(), id, &w->_pool);
+    _accepted_ns = w->_now;
+    w->_loop->start_recv(id);
+    send_hello_ack();
+    // Bytes that arrived during the hand-over are already inside the TLS session.
+    on_recv(id, {});
+}
+
+result<uint32_t> tunnel_conn::open_stream(user_conn* u, const app_entry& app) {
+    auto sid = _mux.open(app.name, app.backend, _w->_now);
+    if (!sid) {
+        return sid.err();
+    }
+    _streams.emplace(*sid, u);
+    return *sid;
+}
+
+void tunnel_conn::forget_stream(uint32_t sid, bool reset) {
+    if (_streams.erase(sid) == 0) {
+        return;
+    }
+    if (reset) {
+        _w->_counters.add(relay_counter::streams_reset);
+        _pending_reset.push_back(sid);
+        _w->mark_dirty(this);
+    }
+}
+
+void tunnel_conn::on_open_ack(uint32_t) {}
+
+void tunnel_conn::on_open_fail(uint32_t sid, tunnel::reason, std::string_view msg) {
+    auto it = _streams.find(sid);
+    if (it == _streams.end()) {
+        return;
+    }
+    user_conn* u = it->second;
+    _streams.erase(it);
+    log::info("stream_failed", {{"worker", _w->_index}, {"sid", sid}, {"reason", msg}});
+    u->abort(relay_counter::streams_failed_backend);
+}
+
+void tunnel_conn::on_data(uint32_t sid, std::span<const std::byte> bytes) {
+    auto it = _streams.find(sid);
+    if (it == _streams.end()) {
+        return;
+    }
+    it->second->tunnel_data(bytes);
+}
+
+void tunnel_conn::on_fin(uint32_t sid) {
+    auto it = _streams.find(sid);
+    if (it != _streams.end()) {
+        it->second->tunnel_fin();
+    }
+}
+
+void tunnel_conn::on_reset(uint32_t sid, tunnel::reason, std::string_view) {
+    auto it = _streams.find(sid);
+    if (it == _streams.end()) {
+        return;
+    }
+    user_conn* u = it->second;
+    _streams.erase(it);
+    u->abort(relay_counter::streams_reset);
+}
+
+void tunnel_conn::on_stream_closed(uint32_t sid) {
+    auto it = _streams.find(sid);
+    if (it == _streams.end()) {
+        return;
+    }
+    user_conn* u = it->second;
+    _streams.erase(it);
+    u->stream_closed();
+}
+
+void tunnel_conn::on_goaway(uint32_t, tunnel::reason, std::string_view msg) {
+    // The connector is draining: no new streams here; streams in flight finish.
+    log::info("tunnel_draining", {{"worker", _w->_index}, {"reason", msg}});
+    _w->tunnel_gone(this);
+}
+
+std::size_t tunnel_conn::pull(uint32_t sid, std::span<std::byte> dst) {
+    auto it = _streams.find(sid);
+    if (it == _streams.end()) {
+        return 0;
+    }
+    return it->second->pull(dst);
+}
+
+void tunnel_conn::service() {
+    if (_state == state::closed || _state == state::handing_off) {
+        return;
+    }
+    for (uint32_t sid : _pending_reset) {
+        _mux.reset(sid, tunnel::reason::cancelled, "user connection closed");
+    }
+    _pending_reset.clear();
+    for (int pass = 0; pass < 64 && _tx.queued() < k_tunnel_high_water; ++pass) {
+        for (uint32_t sid : _pending_fin) {
+            _mux.finish(sid);
+        }
+        _pending_fin.clear();
+        if (!_mux.wants_produce()) {
+            break;
+        }
+        std::size_t n = _mux.produce(std::span<std::byte>(_w->_scratch.data(), _w->_scratch.size()));
+        if (n == 0 && _pending_fin.empty()) {
+            break;
+        }
+        if (n > 0) {
+            auto r = _tx.tls().write(std::span<const std::byte>(_w->_scratch.data(), n));
+            if (!r) {
+                fail(relay_counter::tunnel_tls_failed, _tx.tls().last_error());
+                return;
+            }
+        }
+    }
+    _tx.flush();
+}
+
+void tunnel_conn::on_sent(io::conn_id, int res) {
+    if (_state == state::closed) {
+        return;
+    }
+    if (!_tx.on_sent(res)) {
+        fail(relay_counter::tunnels_closed, "send to connector failed");
+        return;
+    }
+    if (_handoff_pending && _tx.idle()) {
+        _handoff_pending = false;
+        _w->_loop->detach(_tx.id());
+        return;
+    }
+    _w->mark_dirty(this);
+}
+
+void tunnel_conn::on_recv_end(io::conn_id, int res) {
+    fail(relay_counter::tunnels_closed, res == 0 ? "connector closed the connection"
+                                                 : "connection to connector failed");
+}
+
+void tunnel_conn::goaway(std::string_view why) {
+    if (_state == state::closed) {
+        return;
+    }
+    _mux.goaway(tunnel::reason::protocol_error, why);
+    std::size_t n = _mux.produce(std::span<std::byte>(_w->_scratch.data(), _w->_scratch.size()));
+    if (n > 0) {
+        (void)_tx.tls().write(std::span<const std::byte>(_w->_scratch.data(), n));
+    }
+    _tx.flush();
+    fail(relay_counter::tunnels_closed, why);
+}
+
+void tunnel_conn::close_all_streams() {
+    auto streams = std::move(_streams);
+    _streams.clear();
+    for (auto& [sid, u] : streams) {
+        // The tunnel is gone: every stream in flight is cut and says so (RST), never a clean end.
+        u->abort(relay_counter::streams_reset);
+    }
+}
+
+void tunnel_conn::fail(relay_counter counter, std::string_view why) {
+    if (_state == state::closed) {
+        return;
+    }
+    const bool was_ready = _state == state::ready;
+    _w->_counters.add(counter);
+    if (counter != relay_counter::tunnels_closed) {
+        _w->_counters.add(relay_counter::tunnels_closed);
+    }
+    const auto& snap = *_w->_shared.snap;
+    log::info("tunnel_down",
+              {{"worker", _w->_index},
+               {"connector", _connector >= 0 ? std::string_view(snap.connectors[std::size_t(_connector)].id)
+                                             : std::string_view("unidentified")},
+               {"reason", why},
+               {"streams", _streams.size()}});
+    if (was_ready) {
+        _w->tunnel_gone(this);
+    }
+    _state = state::closed;
+    close_all_streams();
+    _w->_loop->close(_tx.id(), false);
+    _w->bury(this);
+}
+
+// ------------------------------------------------------------------------------- worker impl
+
+class worker::listener_sink final : public io::sink {
+public:
+    listener_sink(worker* w, bool tunnel) : _w(w), _tunnel(tunnel) {}
+    void on_accept(io::conn_id, int fd) override {
+        if (_tunnel) {
+            _w->on_tunnel_accept(fd);
+        } else {
+            _w->on_user_accept(fd);
+        }
+    }
+
+private:
+    worker* _w;
+    bool _tunnel;
+};
+
+worker::worker(uint16_t index, const worker_shared& shared)
+    : _index(index), _shared(shared), _scratch(k_scratch) {
+    _by_group.resize(_shared.snap->groups.size());
+    const std::size_t nc = _shared.snap->connectors.size();
+    _tunnels_by_connector = std::make_unique<std::atomic<uint32_t>[]>(nc == 0 ? 1 : nc);
+}
+
+worker::~worker() {
+    for (auto* t : _tunnels) {
+        delete t;
+    }
+    for (auto* u : _users) {
+        delete u;
+    }
+    for (auto* t : _dead_tunnels) {
+        delete t;
+    }
+    for (auto* u : _dead_users) {
+        delete u;
+    }
+}
+
+void worker::set_peers(std::vector<worker*> peers,
+                       std::vector<core::spsc_ring<handoff_msg>*> inbound,
+                       std::vector<core::spsc_ring<handoff_msg>*> outbound) {
+    _peers = std::move(peers);
+    _inbound = std::move(inbound);
+    _outbound = std::move(outbound);
+}
+
+uint32_t worker::tunnels_of(uint32_t connector) const noexcept {
+    if (connector >= _shared.snap->connectors.size()) {
+        return 0;
+    }
+    return _tunnels_by_connector[connector].load(std::memory_order_relaxed);
+}
+
+void worker::wake() noexcept {
+    if (_loop) {
+        _loop->wake();
+    }
+}
+
+void worker::on_user_accept(int fd) {
+    if (_draining) {
+        ::close(fd);
+        return;
+    }
+    set_nodelay(fd);
+    _counters.add(relay_counter::user_conns_accepted);
+    auto id = _loop->adopt(fd, nullptr);
+    if (!id) {
+        ::close(fd);
+        return;
+    }
+    auto* u = new user_conn(this, *id, _shared.user_tls->new_session());
+    u->pos = _users.size();
+    _users.push_back(u);
+    _counters.set(relay_counter::user_conns_open, _users.size());
+    _loop->set_owner(*id, u);
+    _loop->start_recv(*id);
+}
+
+void worker::on_tunnel_accept(int fd) {
+    if (_draining) {
+        ::close(fd);
+        return;
+    }
+    set_nodelay(fd);
+    _counters.add(relay_counter::tunnels_accepted);
+    auto id = _loop->adopt(fd, nullptr);
+    if (!id) {
+        ::close(fd);
+        return;
+    }
+    auto* t = new tunnel_conn(this, *id, _shared.tunnel_tls->new_session());
+    t->pos = _tunnels.size();
+    _tunnels.push_back(t);
+    _loop->set_owner(*id, t);
+    _loop->start_recv(*id);
+}
+
+void worker::mark_dirty(tunnel_conn* t) {
+    if (!t->dirty) {
+        t->dirty = true;
+        _dirty.push_back(t);
+    }
+}
+
+tunnel_conn* worker::pick_tunnel(uint32_t group) {
+    if (group >= _by_group.size()) {
+        return nullptr;
+    }
+    // Least outstanding streams among this worker's ready tunnels of the group.
+    tunnel_conn* best = nullptr;
+    for (tunnel_conn* t : _by_group[group]) {
+        if (best == nullptr || t->stream_count() < best->stream_count()) {
+            best = t;
+        }
+    }
+    return best;
+}
+
+void worker::tunnel_ready(tunnel_conn* t) {
+    _by_group[t->group()].push_back(t);
+    auto& c = _tunnels_by_connector[std::size_t(t->connector())];
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    _counters.set(relay_counter::tunnels_up, _counters.get(relay_counter::tunnels_up) + 1);
+}
+
+void worker::tunnel_gone(tunnel_conn* t) {
+    auto& v = _by_group[t->group()];
+    auto it = std::find(v.begin(), v.end(), t);
+    if (it == v.end()) {
+        return;
+    }
+    v.erase(it);
+    auto& c = _tunnels_by_connector[std::size_t(t->connector())];
+    c.store(c.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    _counters.set(relay_counter::tunnels_up, _counters.get(relay_counter::tunnels_up) - 1);
+}
+
+void worker::handoff(tunnel_conn* t, int fd) {
+    // Remove from this worker's books; the target owns it from now on.
+    _tunnels[t->pos] = _tunnels.back();
+    _tunnels[t->pos]->pos = t->pos;
+    _tunnels.pop_back();
+    t->dirty = false;
+    _dirty.erase(std::remove(_dirty.begin(), _dirty.end(), t), _dirty.end());
+    _counters.add(relay_counter::tunnels_handed_off);
+    handoff_msg m{t, fd};
+    // The target index was validated against worker_count in on_hello.
+    auto* ring = _outbound[t->handoff_target()];
+    while (!ring->try_push(m)) {
+        // The ring holds 1024 hand-overs; one tunnel per connector per worker at setup never
+        // fills it. If it does, yield the core for the target to catch up.
+        _peers[t->handoff_target()]->wake();
+    }
+    _peers[t->handoff_target()]->wake();
+}
+
+void worker::drain_handoffs() {
+    for (auto* ring : _inbound) {
+        if (ring == nullptr) {
+            continue;
+        }
+        handoff_msg m;
+        while (ring->try_pop(m)) {
+            auto id = _loop->adopt(m.fd, m.tunnel);
+            if (!id) {
+                ::close(m.fd);
+                delete m.tunnel;
+                continue;
+            }
+            m.tunnel->pos = _tunnels.size();
+            _tunnels.push_back(m.tunnel);
+            m.tunnel->adopt_on(this, *id);
+        }
+    }
+}
+
+void worker::service_dirty() {
+    // Tunnels marked while servicing are handled in the same pass.
+    for (std::size_t i = 0; i < _dirty.size(); ++i) {
+        tunnel_conn* t = _dirty[i];
+        t->dirty = false;
+        t->service();
+    }
+    _dirty.clear();
+}
+
+void worker::bury(tunnel_conn* t) {
+    _tunnels[t->pos] = _tunnels.back();
+    _tunnels[t->pos]->pos = t->pos;
+    _tunnels.pop_back();
+    if (t->dirty) {
+        t->dirty = false;
+        _dirty.erase(std::remove(_dirty.begin(), _dirty.end(), t), _dirty.end());
+    }
+    _dead_tunnels.push_back(t);
+}
+
+void worker::bury(user_conn* u) {
+    _users[u->pos] = _users.back();
+    _users[u->pos]->pos = u->pos;
+    _users.pop_back();
+    _counters.set(relay_counter::user_conns_open, _users.size());
+    _dead_users.push_back(u);
+}
+
+void worker::reap() {
+    for (auto* t : _dead_tunnels) {
+        delete t;
+    }
+    _dead_tunnels.clear();
+    for (auto* u : _dead_users) {
+        delete u;
+    }
+    _dead_users.clear();
+}
+
+void worker::begin_drain() {
+    _draining = true;
+    _loop->close(_user_listen_id);
+    _loop->close(_tunnel_listen_id);
+    auto tunnels = _tunnels;
+    for (auto* t : tunnels) {
+        t->goaway("relay shutting down");
+    }
+    auto users = _users;
+    for (auto* u : users) {
+        u->abort(relay_counter::streams_reset);
+    }
+}
+
+bool worker::run(const std::atomic<bool>& stop, std::string* why) {
+    auto l = io::uring_loop::create(io::loop_options{}, why);
+    if (!l) {
+        return false;
+    }
+    _loop = std::move(*l);
+    _loop->set_wake_handler([this] { drain_handoffs(); });
+    _user_listener = std::make_unique<listener_sink>(this, false);
+    _tunnel_listener = std::make_unique<listener_sink>(this, true);
+    auto ul = _loop->listen(_user_listen_fd, _user_listener.get());
+    auto tl = _loop->listen(_tunnel_listen_fd, _tunnel_listener.get());
+    if (!ul || !tl) {
+        *why = "cannot arm listeners";
+        return false;
+    }
+    _user_listen_id = *ul;
+    _tunnel_listen_id = *tl;
+
+    uint64_t next_housekeeping = 0;
+    uint64_t drain_started = 0;
+    for (;;) {
+        _now = mono_ns();
+        if (stop.load(std::memory_order_relaxed) && !_draining) {
+            begin_drain();
+            drain_started = _now;
+        }
+        if (_draining && ((_users.empty() && _tunnels.empty() && _loop->open_sockets() == 0) ||
+                          _now - drain_started > 5'000'000'000ull)) {
+            break;
+        }
+        service_dirty();
+        reap();
+        _loop->run_once(_dirty.empty() ? k_max_wait_ns : 0);
+        _now = mono_ns();
+        drain_handoffs();
+        if (_now >= next_housekeeping) {
+            next_housekeeping = _now + k_housekeeping_ns;
+            const uint64_t hs_deadline =
+                uint64_t(_shared.snap->limits.handshake_timeout_ms) * 1'000'000ull;
+            auto users = _users;
+            for (auto* u : users) {
+                if (u->handshaking() && _now - u->accepted_ns() > hs_deadline) {
+                    u->abort(relay_counter::user_handshake_timeouts);
+                }
+            }
+            auto tunnels = _tunnels;
+            for (auto* t : tunnels) {
+                if (t->handshaking() && _now - t->accepted_ns() > hs_deadline) {
+                    t->fail(relay_counter::tunnel_tls_failed, "TLS handshake or HELLO timed out");
+                }
+            }
+        }
+    }
+    reap();
+    return true;
+}
+
+} // namespace apprelay::relay

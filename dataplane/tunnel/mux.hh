@@ -1,0 +1,129 @@
+#pragma once
+// The stream multiplexer of one tunnel: an I/O-free state machine shared by relay and connector.
+// The owner feeds decrypted tunnel bytes in (receive) and takes whole frames out (produce); the
+// mux enforces the protocol, per-stream credit flow control, the RELIABILITY.md limits, and
+// schedules streams fairly on the write path.
+//
+// Stream states (relay opens, odd ids, strictly increasing):
+//   open_sent/open_received -> open (after OPEN_ACK) -> half-closed (FIN one way) -> closed
+//   (FIN both ways: on_stream_closed) ; RST or OPEN_FAIL at any point -> gone.
+// DATA may follow OPEN at once (pipelining); the connector MUST NOT send DATA before OPEN_ACK.
+#include "dataplane/base/counters.hh"
+#include "dataplane/base/result.hh"
+#include "dataplane/tunnel/frame.hh"
+
+#include <memory>
+
+namespace apprelay::tunnel {
+
+enum class role : uint8_t { relay, connector };
+
+struct mux_limits {
+    uint32_t max_frame = k_default_max_frame;
+    uint32_t initial_window = 256 * 1024; // per stream, both directions
+    uint32_t max_streams = 4096;
+    uint32_t open_reset_rate = 200; // token bucket per tunnel: opens + resets (+ closed-stream hits)
+    uint32_t open_reset_burst = 400;
+    uint32_t max_control_queue = 1000; // queued outbound control frames (PONG, WINDOW, RST...)
+    uint32_t max_consecutive_empty = 1; // empty DATA frames in a row
+    uint32_t max_window_per_data = 10;  // WINDOW frames received per DATA frame sent (+ slack)
+};
+
+#define APPRELAY_MUX_COUNTERS(X)                                                                   \
+    X(frames_in, "frames received")                                                              \
+    X(frames_out, "frames sent")                                                                 \
+    X(data_bytes_in, "DATA payload bytes received")                                              \
+    X(data_bytes_out, "DATA payload bytes sent")                                                 \
+    X(streams_opened, "streams opened")                                                          \
+    X(streams_reset_in, "RST received")                                                          \
+    X(streams_reset_out, "RST sent")                                                             \
+    X(window_updates_in, "WINDOW frames received")                                               \
+    X(window_updates_out, "WINDOW frames sent")                                                  \
+    X(closed_stream_frames, "frames for closed streams (ignored, charged to the reset budget)")  \
+    X(flow_control_errors, "DATA beyond credit or window overflow")                              \
+    X(protocol_errors, "protocol violations")                                                    \
+    X(rate_limited, "open/reset budget exhausted")
+
+APPRELAY_DECLARE_COUNTERS(mux_counter, APPRELAY_MUX_COUNTERS)
+
+class mux_handler {
+public:
+    virtual ~mux_handler() = default;
+    virtual void on_hello(const hello&) {}
+    virtual void on_hello_ack(const hello_ack&) {}
+    // Connector side: the relay opened sid. Answer with open_ack() or open_fail() (now or later).
+    virtual void on_open(uint32_t /*sid*/, std::string_view /*app*/, std::string_view /*target*/) {}
+    virtual void on_open_ack(uint32_t /*sid*/) {}
+    // Relay side: stream refused; it is gone after this call.
+    virtual void on_open_fail(uint32_t /*sid*/, reason, std::string_view /*msg*/) {}
+    // Stream bytes. The owner calls consumed(sid, n) once the application really took them.
+    virtual void on_data(uint32_t sid, std::span<const std::byte> bytes) = 0;
+    virtual void on_fin(uint32_t sid) = 0; // peer half-closed
+    // Peer reset the stream, or the mux reset it for a stream-level violation; gone afterwards.
+    virtual void on_reset(uint32_t sid, reason r, std::string_view msg) = 0;
+    // FIN both ways; the stream is removed.
+    virtual void on_stream_closed(uint32_t /*sid*/) {}
+    virtual void on_goaway(uint32_t /*last_sid*/, reason, std::string_view /*msg*/) {}
+    virtual void on_pong(uint64_t /*opaque*/) {}
+    virtual void on_config(uint64_t /*version*/, std::span<const std::byte> /*body*/) {}
+    // Outbound data source: copy up to dst.size() bytes of sid's data into dst (dst.size() is
+    // already ≤ credit and ≤ max_frame). Return 0 when nothing is available now: the mux stops
+    // asking until mark_readable(sid). The owner must not call back into the mux from pull()
+    // except mark_readable/finish/consumed (those only queue work).
+    virtual std::size_t pull(uint32_t sid, std::span<std::byte> dst) = 0;
+};
+
+class mux {
+public:
+    mux(role r, const mux_limits& l, mux_handler& h);
+    ~mux();
+    mux(const mux&) = delete;
+    mux& operator=(const mux&) = delete;
+
+    // Decrypted tunnel bytes, any split. A tunnel-level violation returns an error whose detail
+    // names it; the owner then calls goaway() + produce() + closes. Stream-level violations reset
+    // that stream (on_reset + RST queued) and return ok.
+    result<void> receive(std::span<const std::byte> bytes, uint64_t now_ns);
+
+    // Relay: open a stream (OPEN queued). errc::stream_limit at max_streams, errc::rate_limited
+    // when the open/reset budget is spent, errc::shutting_down after GOAWAY either way.
+    result<uint32_t> open(std::string_view app, std::string_view target, uint64_t now_ns);
+    // Connector: answer an OPEN. open_fail removes the stream.
+    void open_ack(uint32_t sid);
+    void open_fail(uint32_t sid, reason r, std::string_view msg);
+
+    void mark_readable(uint32_t sid);
+    // Half-close: FIN goes out once the stream's source is drained (pull returned 0 after
+    // mark_readable) — never before bytes already readable.
+    void finish(uint32_t sid);
+    // RST now; the stream is removed (no on_reset for resets the owner asked for).
+    void reset(uint32_t sid, reason r, std::string_view msg);
+    // Return credit for n bytes of sid the application took. WINDOW frames are batched (sent
+    // once the unreturned credit reaches a quarter of the window).
+    void consumed(uint32_t sid, std::size_t n);
+
+    void send_hello(const hello& h);
+    void send_hello_ack(const hello_ack& h);
+    void ping(uint64_t opaque);
+    void goaway(reason r, std::string_view msg);
+    void send_config(uint64_t version, std::span<const std::byte> body);
+
+    // Fill out with whole frames: control frames first, then DATA round-robin over readable
+    // streams with credit (a quantum of at most one max_frame per stream per round), each FIN
+    // after its stream's data. Returns bytes written; 0 = nothing to send now.
+    std::size_t produce(std::span<std::byte> out);
+    bool wants_produce() const noexcept;
+
+    std::size_t stream_count() const noexcept;
+    bool going_away() const noexcept; // GOAWAY sent or received
+    uint32_t send_window(uint32_t sid) const noexcept; // credit we may still send on sid
+    uint32_t recv_window(uint32_t sid) const noexcept; // credit the peer may still use on sid
+    const mux_counter_block& counters() const noexcept;
+
+    struct impl;
+
+private:
+    std::unique_ptr<impl> _impl;
+};
+
+} // namespace apprelay::tunnel

@@ -1,0 +1,380 @@
+// Server and client SSL_CTX construction. Every context is TLS 1.3 only with a fixed list of
+// ciphersuites and groups, so a connection's cost and security do not depend on what a peer offers.
+//
+// SNI (server): the default SSL_CTX carries a servername callback and owns (through ex_data, so it
+// lives exactly as long as the SSL_CTX and every SSL that still references it) a table of
+// lowercase hostname -> per-application SSL_CTX. The callback switches the SSL to the matching
+// SSL_CTX; that context's ex_data holds app_index + 1, which session::sni_index() reads back.
+// Every per-application SSL_CTX gets the same settings as the default one (verify mode, client CA
+// store...) because after SSL_set_SSL_CTX OpenSSL verifies against the new context's store.
+#include "tls/context.hh"
+
+#include "tls/detail/ossl.hh"
+#include "tls/session.hh"
+
+#include <arpa/inet.h>
+#include <cstring>
+#include <map>
+#include <new>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+namespace apprelay::tls {
+
+namespace {
+
+constexpr const char* k_ciphersuites =
+    "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
+constexpr const char* k_groups = "X25519:P-256";
+// Session id context: required by OpenSSL whenever the server verifies client certificates.
+constexpr unsigned char k_sid_ctx[] = "apprelay";
+// RFC 6066 section 3: a DNS host name is at most 255 bytes.
+constexpr std::size_t k_max_hostname = 255;
+// Leaf + intermediates + root; tenant PKIs are shallow.
+constexpr int k_verify_depth = 4;
+
+struct sni_table {
+    bool unknown_sni_fails = false;
+    std::map<std::string, SSL_CTX*, std::less<>> by_name; // lowercase hostname -> context
+
+    ~sni_table() {
+        for (auto& [name, ctx] : by_name) {
+            SSL_CTX_free(ctx);
+        }
+    }
+};
+
+void free_sni_table(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+    delete static_cast<sni_table*>(ptr);
+}
+
+int ctx_sni_table_slot() {
+    static const int slot = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, &free_sni_table);
+    return slot;
+}
+
+void set_why(std::string* why, std::string msg) {
+    if (why != nullptr) {
+        *why = std::move(msg);
+    }
+}
+
+bool to_lower(std::string_view in, char* out, std::size_t cap) {
+    if (in.size() > cap) {
+        return false;
+    }
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        char c = in[i];
+        out[i] = (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    }
+    return true;
+}
+
+// Settings shared by client and server contexts.
+bool configure_common(SSL_CTX* ctx, bool session_tickets) {
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1 ||
+        SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) != 1 ||
+        SSL_CTX_set_ciphersuites(ctx, k_ciphersuites) != 1 ||
+        SSL_CTX_set1_groups_list(ctx, k_groups) != 1) {
+        return false;
+    }
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    // Memory BIOs never block, so SSL_write always completes; the moving-buffer mode only lifts
+    // a pointer-equality check that matters for retried writes.
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (!session_tickets) {
+        // TLS 1.3 resumption only exists through tickets: with none sent there is no
+        // post-handshake NewSessionTicket traffic and nothing to cache.
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx, 0);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    }
+    return true;
+}
+
+bool load_cert(SSL_CTX* ctx, const cert_source& src, std::string* why) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, src.cert_pem_path.c_str()) != 1) {
+        set_why(why, detail::describe("cannot load certificate", src.cert_pem_path));
+        return false;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, src.key_pem_path.c_str(), SSL_FILETYPE_PEM) != 1) {
+        set_why(why, detail::describe("cannot load private key", src.key_pem_path));
+        return false;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        set_why(why, detail::describe("private key does not match certificate", src.key_pem_path));
+        return false;
+    }
+    return true;
+}
+
+bool load_client_cas(SSL_CTX* ctx, const std::vector<std::string>& paths, std::string* why) {
+    if (paths.empty()) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+        return true;
+    }
+    STACK_OF(X509_NAME)* names = sk_X509_NAME_new_null();
+    if (names == nullptr) {
+        set_why(why, "out of memory building the client CA list");
+        return false;
+    }
+    for (const auto& path : paths) {
+        if (SSL_CTX_load_verify_locations(ctx, path.c_str(), nullptr) != 1) {
+            set_why(why, detail::describe("cannot load client CA", path));
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            return false;
+        }
+        // Advertised in CertificateRequest (certificate_authorities) so a connector holding
+        // several identities can pick the right one.
+        if (SSL_add_file_cert_subjects_to_stack(names, path.c_str()) != 1) {
+            set_why(why, detail::describe("cannot read client CA names", path));
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            return false;
+        }
+    }
+    SSL_CTX_set_client_CA_list(ctx, names); // takes ownership
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    SSL_CTX_set_verify_depth(ctx, k_verify_depth);
+    return true;
+}
+
+SSL_CTX* new_server_ctx(const server_options& opts, const cert_source* cert, std::string* why) {
+    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == nullptr) {
+        set_why(why, detail::describe("cannot create SSL_CTX", "(server)"));
+        return nullptr;
+    }
+    bool ok = configure_common(ctx, opts.session_tickets) &&
+              SSL_CTX_set_session_id_context(ctx, k_sid_ctx, sizeof k_sid_ctx - 1) == 1;
+    if (!ok) {
+        set_why(why, detail::describe("cannot configure TLS 1.3 parameters", "(server)"));
+        SSL_CTX_free(ctx);
+        return nullptr;
+    }
+    if ((cert != nullptr && !load_cert(ctx, *cert, why)) ||
+        !load_client_cas(ctx, opts.client_ca_pem_paths, why)) {
+        SSL_CTX_free(ctx);
+        return nullptr;
+    }
+    return ctx;
+}
+
+// Runs during ClientHello processing; also called when the client sent no SNI.
+int on_servername(SSL* ssl, int* alert, void* arg) {
+    auto* table = static_cast<sni_table*>(arg);
+    const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    char lower[k_max_hostname];
+    if (name != nullptr) {
+        std::string_view requested(name);
+        if (to_lower(requested, lower, sizeof lower)) {
+            auto it = table->by_name.find(std::string_view(lower, requested.size()));
+            if (it != table->by_name.end()) {
+                if (SSL_set_SSL_CTX(ssl, it->second) == nullptr) {
+                    *alert = SSL_AD_INTERNAL_ERROR;
+                    return SSL_TLSEXT_ERR_ALERT_FATAL;
+                }
+                return SSL_TLSEXT_ERR_OK;
+            }
+        }
+    }
+    if (table->unknown_sni_fails) {
+        // Marker for session::handshake(): report errc::unknown_app rather than tls_error.
+        SSL_set_ex_data(ssl, detail::ssl_unknown_sni_slot(), ssl);
+        *alert = SSL_AD_UNRECOGNIZED_NAME; // RFC 6066 section 3: alert 112
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+bool is_ip_literal(const std::string& name) {
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, name.c_str(), buf) == 1 ||
+           inet_pton(AF_INET6, name.c_str(), buf) == 1;
+}
+
+std::unique_ptr<session> wrap(SSL* ssl) {
+    if (ssl == nullptr) {
+        ERR_clear_error();
+        return nullptr;
+    }
+    auto* s = new (std::nothrow) session(ssl);
+    if (s == nullptr) {
+        SSL_free(ssl);
+        return nullptr;
+    }
+    return std::unique_ptr<session>(s);
+}
+
+} // namespace
+
+struct server_context::impl {
+    sni_table* table = nullptr; // owned by the default SSL_CTX's ex_data
+};
+
+result<std::shared_ptr<server_context>> server_context::create(const server_options& opts,
+                                                               std::string* why) {
+    const bool has_default =
+        !opts.default_cert.cert_pem_path.empty() || !opts.default_cert.key_pem_path.empty();
+    if (!has_default && opts.sni.empty()) {
+        set_why(why, "server context needs a default certificate or at least one SNI entry");
+        return error(errc::invalid_argument, "no certificate configured");
+    }
+    ERR_clear_error();
+    SSL_CTX* def = new_server_ctx(opts, has_default ? &opts.default_cert : nullptr, why);
+    if (def == nullptr) {
+        return error(errc::tls_error, "cannot create server TLS context");
+    }
+    std::shared_ptr<server_context> sc(new (std::nothrow) server_context());
+    auto* table = new (std::nothrow) sni_table();
+    auto* pimpl = new (std::nothrow) impl();
+    if (sc == nullptr || table == nullptr || pimpl == nullptr) {
+        delete table;
+        delete pimpl;
+        SSL_CTX_free(def);
+        set_why(why, "out of memory creating server context");
+        return error(errc::no_memory, "cannot create server TLS context");
+    }
+    sc->_ctx = def;
+    sc->_impl.reset(pimpl);
+    if (SSL_CTX_set_ex_data(def, ctx_sni_table_slot(), table) != 1) {
+        delete table;
+        set_why(why, detail::describe("cannot attach SNI table", "(server)"));
+        return error(errc::tls_error, "cannot create server TLS context");
+    }
+    table->unknown_sni_fails = opts.unknown_sni_fails;
+    sc->_impl->table = table;
+
+    for (const auto& entry : opts.sni) {
+        char lower[k_max_hostname];
+        if (entry.hostname.empty() || !to_lower(entry.hostname, lower, sizeof lower)) {
+            set_why(why, "invalid SNI hostname '" + entry.hostname + "'");
+            return error(errc::invalid_argument, "invalid SNI hostname");
+        }
+        std::string key(lower, entry.hostname.size());
+        if (table->by_name.count(key) != 0) {
+            set_why(why, "duplicate SNI hostname '" + entry.hostname + "'");
+            return error(errc::invalid_argument, "duplicate SNI hostname");
+        }
+        SSL_CTX* ctx = new_server_ctx(opts, &entry.cert, why);
+        if (ctx == nullptr) {
+            return error(errc::tls_error, "cannot create SNI TLS context");
+        }
+        table->by_name.emplace(std::move(key), ctx);
+        SSL_CTX_set_ex_data(ctx, detail::ctx_app_index_slot(),
+                            reinterpret_cast<void*>(static_cast<uintptr_t>(entry.app_index) + 1));
+    }
+    SSL_CTX_set_tlsext_servername_callback(def, &on_servername);
+    SSL_CTX_set_tlsext_servername_arg(def, table);
+    return sc;
+}
+
+server_context::~server_context() {
+    // Sessions hold their own references; the table dies with the last of them.
+    SSL_CTX_free(static_cast<SSL_CTX*>(_ctx));
+}
+
+std::unique_ptr<session> server_context::new_session() const {
+    SSL* ssl = SSL_new(static_cast<SSL_CTX*>(_ctx));
+    if (ssl != nullptr) {
+        SSL_set_accept_state(ssl);
+    }
+    return wrap(ssl);
+}
+
+result<std::shared_ptr<client_context>> client_context::create(const client_options& opts,
+                                                               std::string* why) {
+    ERR_clear_error();
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == nullptr) {
+        set_why(why, detail::describe("cannot create SSL_CTX", "(client)"));
+        return error(errc::tls_error, "cannot create client TLS context");
+    }
+    if (!configure_common(ctx, false)) {
+        set_why(why, detail::describe("cannot configure TLS 1.3 parameters", "(client)"));
+        SSL_CTX_free(ctx);
+        return error(errc::tls_error, "cannot create client TLS context");
+    }
+    if (!opts.ca_pem_path.empty()) {
+        if (SSL_CTX_load_verify_locations(ctx, opts.ca_pem_path.c_str(), nullptr) != 1) {
+            set_why(why, detail::describe("cannot load CA", opts.ca_pem_path));
+            SSL_CTX_free(ctx);
+            return error(errc::tls_error, "cannot load CA");
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+        SSL_CTX_set_verify_depth(ctx, k_verify_depth);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+    }
+    const cert_source& cc = opts.client_cert;
+    if (!cc.cert_pem_path.empty() || !cc.key_pem_path.empty()) {
+        if (!load_cert(ctx, cc, why)) {
+            SSL_CTX_free(ctx);
+            return error(errc::tls_error, "cannot load client certificate");
+        }
+    }
+    std::shared_ptr<client_context> c(new (std::nothrow) client_context());
+    if (c == nullptr) {
+        SSL_CTX_free(ctx);
+        set_why(why, "out of memory creating client context");
+        return error(errc::no_memory, "cannot create client TLS context");
+    }
+    c->_ctx = ctx;
+    c->_server_name = opts.server_name;
+    return c;
+}
+
+client_context::~client_context() {
+    SSL_CTX_free(static_cast<SSL_CTX*>(_ctx));
+}
+
+std::unique_ptr<session> client_context::new_session() const {
+    auto* ctx = static_cast<SSL_CTX*>(_ctx);
+    SSL* ssl = SSL_new(ctx);
+    if (ssl == nullptr) {
+        return wrap(nullptr);
+    }
+    SSL_set_connect_state(ssl);
+    if (!_server_name.empty()) {
+        bool ip = is_ip_literal(_server_name);
+        bool ok = true;
+        // RFC 6066 section 3: literal IP addresses are not permitted in SNI.
+        if (!ip) {
+            ok = SSL_set_tlsext_host_name(ssl, _server_name.c_str()) == 1;
+        }
+        if (ok && SSL_CTX_get_verify_mode(ctx) != SSL_VERIFY_NONE) {
+            // SSL_set1_host recognises IP literals and checks iPAddress SANs instead.
+            SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            ok = SSL_set1_host(ssl, _server_name.c_str()) == 1;
+        }
+        if (!ok) {
+            SSL_free(ssl);
+            return wrap(nullptr);
+        }
+    }
+    return wrap(ssl);
+}
+
+result<std::string> fingerprint_of_pem_file(const std::string& path, std::string* why) {
+    ERR_clear_error();
+    BIO* bio = BIO_new_file(path.c_str(), "r");
+    if (bio == nullptr) {
+        set_why(why, detail::describe("cannot open certificate", path));
+        return error(errc::io_error, "cannot open certificate file");
+    }
+    X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr);
+    BIO_free(bio);
+    if (cert == nullptr) {
+        set_why(why, detail::describe("cannot parse certificate", path));
+        return error(errc::invalid_argument, "cannot parse certificate");
+    }
+    std::string hex = detail::sha256_hex(cert);
+    X509_free(cert);
+    if (hex.empty()) {
+        set_why(why, "cannot digest certificate " + path);
+        return error(errc::tls_error, "cannot digest certificate");
+    }
+    return hex;
+}
+
+} // namespace apprelay::tls

@@ -1,0 +1,89 @@
+#pragma once
+// TLS contexts (OpenSSL 3, TLS 1.3 only). All OpenSSL calls of apprelay live in tls/.
+// Contexts are built at start-up or by the control thread (may allocate, may fail with a
+// message); sessions are created per connection on a worker from a shared, immutable context.
+#include "dataplane/base/result.hh"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace apprelay::tls {
+
+class session;
+
+// A certificate chain + private key, loaded from PEM files or PEM text.
+struct cert_source {
+    std::string cert_pem_path; // leaf first, then intermediates
+    std::string key_pem_path;
+};
+
+// One SNI entry: the hostname (exact match, case-insensitive) and its certificate.
+struct sni_entry {
+    std::string hostname;
+    cert_source cert;
+    uint32_t app_index = 0; // opaque to tls/: handed back by session::sni_index()
+};
+
+struct server_options {
+    // Certificate used when no SNI entry matches and unknown_sni_fails is false, and for the
+    // tunnel listener (connectors present SNI of the relay, which is not an app).
+    cert_source default_cert;
+    std::vector<sni_entry> sni; // user listener: one per application
+    bool unknown_sni_fails = false; // user listener: unknown or missing SNI -> alert 112
+    // Mutual TLS: when non-empty, the client must present a certificate chaining to one of these
+    // CA files (PEM). Tunnel listener: every tenant CA.
+    std::vector<std::string> client_ca_pem_paths;
+    bool session_tickets = false;
+};
+
+struct client_options {
+    std::string ca_pem_path;     // trust anchor for the server (relay CA); empty = no verify
+    std::string server_name;     // SNI sent and hostname verified (if verify)
+    cert_source client_cert;     // mutual TLS (connector identity); empty paths = none
+};
+
+class server_context {
+public:
+    // Errors name the file and OpenSSL's reason: "cannot load certificate web.crt: ...".
+    static result<std::shared_ptr<server_context>> create(const server_options& opts,
+                                                          std::string* why);
+    ~server_context();
+    server_context(const server_context&) = delete;
+    server_context& operator=(const server_context&) = delete;
+
+    std::unique_ptr<session> new_session() const;
+    void* native() const noexcept { return _ctx; } // SSL_CTX*, for tls/ internals only
+
+    struct impl;
+
+private:
+    server_context() = default;
+    void* _ctx = nullptr;
+    std::unique_ptr<impl> _impl;
+};
+
+class client_context {
+public:
+    static result<std::shared_ptr<client_context>> create(const client_options& opts,
+                                                          std::string* why);
+    ~client_context();
+    client_context(const client_context&) = delete;
+    client_context& operator=(const client_context&) = delete;
+
+    std::unique_ptr<session> new_session() const;
+    void* native() const noexcept { return _ctx; }
+
+private:
+    client_context() = default;
+    void* _ctx = nullptr;
+    std::string _server_name;
+};
+
+// SHA-256 fingerprint of a DER certificate as 64 lowercase hex chars; from a PEM file.
+result<std::string> fingerprint_of_pem_file(const std::string& path, std::string* why);
+
+} // namespace apprelay::tls
