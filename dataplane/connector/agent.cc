@@ -309,6 +309,7 @@ std::size_t backend_conn::pull(std::span<std::byte> dst) {
 }
 
 void backend_conn::on_recv_end(io::conn_id, int res) {
+    log::debug("backend_recv_end", {{"sid", _sid}, {"res", res}});
     if (res == 0) {
         _eof = true;
         if (_t != nullptr) {

@@ -335,6 +335,7 @@ void user_conn::maybe_return_credit() {
 }
 
 void user_conn::tunnel_fin() {
+    log::debug("stream_fin_from_connector", {{"worker", _w->_index}, {"sid", _sid}});
     _fin_from_tunnel = true;
     _tx.tls().shutdown();
     _tx.flush();

@@ -101,6 +101,10 @@ struct goaway_frame {
     std::string_view message;
 };
 
+// Names per frame type for the shared payload layouts.
+using open_fail_frame = reason_frame;
+using rst_frame = reason_frame;
+
 struct config_frame {
     uint64_t version = 0;
     std::span<const std::byte> body;
@@ -120,6 +124,15 @@ result<uint32_t> decode_window(std::span<const std::byte> p) noexcept;     // in
 result<uint64_t> decode_ping(std::span<const std::byte> p) noexcept;       // PING, PONG
 result<goaway_frame> decode_goaway(std::span<const std::byte> p) noexcept;
 result<config_frame> decode_config(std::span<const std::byte> p) noexcept;
+inline result<reason_frame> decode_open_fail(std::span<const std::byte> p) noexcept {
+    return decode_reason(p);
+}
+inline result<reason_frame> decode_rst(std::span<const std::byte> p) noexcept {
+    return decode_reason(p);
+}
+inline result<uint64_t> decode_pong(std::span<const std::byte> p) noexcept {
+    return decode_ping(p);
+}
 
 // Encoders write one whole frame (header + payload) into out and return the bytes written, or
 // 0 if it does not fit (nothing written then). Strings longer than 255 bytes are truncated.

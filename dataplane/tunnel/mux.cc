@@ -10,17 +10,20 @@
 // while receive() or produce() is on the stack. Those calls only flip flags, queue control frames
 // and link/unlink intrusive list nodes; a removed stream is only marked `dead` and moved to the
 // dead list, and its record is erased by sweep() when no mux frame holds a pointer to it (the
-// start and end of every receive()/produce()/open()). unordered_map keeps element addresses
-// stable across inserts, so a stream* stays valid until sweep().
+// start and end of every receive()/produce()/open()). Records live in slabs that never move, so
+// a stream* stays valid until sweep().
 //
-// Memory: stream records are allocated once per stream at open; control frames are encoded into
-// one byte FIFO that grows to its high-water mark and is reused; the scheduler is an intrusive
-// list. Nothing is allocated per DATA frame.
+// Memory: stream records come from a per-tunnel pool of fixed slabs (freed records are reused;
+// a slab is added only when the live count passes its high-water mark), indexed by an
+// open-addressing table that likewise only grows with the high-water mark; control frames are
+// encoded into one byte FIFO that grows to its high-water mark and is reused; the scheduler is an
+// intrusive list. Nothing is allocated per frame once a tunnel has seen its peak stream count.
 #include "dataplane/tunnel/mux.hh"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
-#include <unordered_map>
+#include <memory>
 #include <vector>
 
 namespace apprelay::tunnel {
@@ -38,33 +41,137 @@ constexpr std::size_t k_hello_ack_max = k_header_size + 24 + 2 * k_str_max;
 constexpr std::size_t k_small_max = k_header_size + 8; // OPEN_ACK, WINDOW, PING, PONG
 
 uint32_t load_be32(const std::byte* p) noexcept {
-    return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) |
-           uint32_t(p[3]);
+    return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
 }
 
 } // namespace
 
 struct stream {
     uint32_t sid = 0;
-    bool acked = false;        // OPEN_ACK sent (connector) or received (relay)
-    bool readable = false;     // owner said pull() has bytes
+    bool acked = false;    // OPEN_ACK sent (connector) or received (relay)
+    bool readable = false; // owner said pull() has bytes
     bool finish_pending = false;
     bool fin_sent = false;
     bool fin_received = false;
-    bool dead = false;         // removed; erased by sweep()
-    bool linked = false;       // in the ready list
-    uint32_t send_credit = 0;  // bytes we may still send
-    uint32_t recv_credit = 0;  // bytes the peer may still send (granted - received)
-    uint32_t unreturned = 0;   // consumed by the owner, not yet returned in a WINDOW
-    stream* prev = nullptr;    // ready list or dead list
+    bool dead = false;        // removed; erased by sweep()
+    bool linked = false;      // in the ready list
+    uint32_t send_credit = 0; // bytes we may still send
+    uint32_t recv_credit = 0; // bytes the peer may still send (granted - received)
+    uint32_t unreturned = 0;  // consumed by the owner, not yet returned in a WINDOW
+    stream* prev = nullptr;   // ready list or dead list
     stream* next = nullptr;
+};
+
+// Stream records: a pool of fixed 64-record slabs (addresses never move; freed records are reused
+// through a free list threaded on `next`) plus a linear-probing index sid -> record, power-of-two
+// sized, at most half full, with backward-shift deletion (no tombstones, so lookups of the ids a
+// flood probes stay short). Both only grow when the live count passes its previous peak.
+class stream_table {
+public:
+    stream_table() { rehash(k_initial_slots); }
+
+    stream* find(uint32_t sid) const noexcept {
+        for (std::size_t i = home(sid);; i = (i + 1) & _mask) {
+            stream* s = _slots[i];
+            if (!s || s->sid == sid) {
+                return s;
+            }
+        }
+    }
+
+    // sid must not be present.
+    stream* insert(uint32_t sid) {
+        if ((_size + 1) * 2 > _slots.size()) {
+            rehash(_slots.size() * 2);
+        }
+        if (!_free) {
+            add_slab();
+        }
+        stream* s = _free;
+        _free = s->next;
+        *s = stream{};
+        s->sid = sid;
+        place(s);
+        ++_size;
+        return s;
+    }
+
+    void erase(stream* s) noexcept {
+        std::size_t i = home(s->sid);
+        while (_slots[i] != s) {
+            i = (i + 1) & _mask;
+        }
+        // Backward shift: pull later entries of the probe run into the hole unless their home
+        // lies cyclically in (hole, j].
+        for (std::size_t j = i;;) {
+            j = (j + 1) & _mask;
+            stream* t = _slots[j];
+            if (!t) {
+                break;
+            }
+            std::size_t k = home(t->sid);
+            bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+            if (!stays) {
+                _slots[i] = t;
+                i = j;
+            }
+        }
+        _slots[i] = nullptr;
+        --_size;
+        s->next = _free;
+        _free = s;
+    }
+
+private:
+    static constexpr std::size_t k_slab = 64;
+    static constexpr std::size_t k_initial_slots = 128; // 64 streams before the first rehash
+
+    std::size_t home(uint32_t sid) const noexcept {
+        // Fibonacci hashing spreads the sequential odd ids over the whole table.
+        return std::size_t((uint64_t(sid) * 0x9E3779B97F4A7C15ull) >> _shift);
+    }
+
+    void place(stream* s) noexcept {
+        std::size_t i = home(s->sid);
+        while (_slots[i]) {
+            i = (i + 1) & _mask;
+        }
+        _slots[i] = s;
+    }
+
+    void rehash(std::size_t n) {
+        std::vector<stream*> old = std::move(_slots);
+        _slots.assign(n, nullptr);
+        _mask = n - 1;
+        _shift = 64 - unsigned(std::countr_zero(n));
+        for (stream* s : old) {
+            if (s) {
+                place(s);
+            }
+        }
+    }
+
+    void add_slab() {
+        _slabs.push_back(std::make_unique<stream[]>(k_slab));
+        stream* slab = _slabs.back().get();
+        for (std::size_t i = 0; i < k_slab; ++i) {
+            slab[i].next = _free;
+            _free = &slab[i];
+        }
+    }
+
+    std::vector<std::unique_ptr<stream[]>> _slabs;
+    stream* _free = nullptr;
+    std::vector<stream*> _slots;
+    std::size_t _mask = 0;
+    unsigned _shift = 64;
+    std::size_t _size = 0;
 };
 
 struct mux::impl {
     impl(role r, const mux_limits& l, mux_handler& h)
         : _role(r), _limits(l), _h(h), _dec(l.max_frame),
           _tokens(uint64_t(l.open_reset_burst) * k_nanos_per_token) {
-        _streams.reserve(std::min<uint32_t>(l.max_streams, 1024));
         _ctl.reserve(4096);
     }
 
@@ -74,10 +181,10 @@ struct mux::impl {
     frame_decoder _dec;
     mux_counter_block _counters;
 
-    std::unordered_map<uint32_t, stream> _streams;
-    uint32_t _live = 0;          // streams not dead
-    uint32_t _highest_sid = 0;   // highest stream id ever opened (by either side's view)
-    uint32_t _next_sid = 1;      // relay: next id to open
+    stream_table _streams;
+    uint32_t _live = 0;        // streams not dead
+    uint32_t _highest_sid = 0; // highest stream id ever opened (by either side's view)
+    uint32_t _next_sid = 1;    // relay: next id to open
 
     // Scheduler: streams that may produce DATA or FIN now, served round-robin.
     stream* _ready_head = nullptr;
@@ -105,19 +212,15 @@ struct mux::impl {
     // ---- streams ----------------------------------------------------------------------------
 
     stream* find_live(uint32_t sid) noexcept {
-        auto it = _streams.find(sid);
-        if (it == _streams.end() || it->second.dead) {
-            return nullptr;
-        }
-        return &it->second;
+        stream* s = _streams.find(sid);
+        return s && !s->dead ? s : nullptr;
     }
 
     // An id that was opened once and is not live now: its frames are late, not forged (M20).
     bool was_used(uint32_t sid) const noexcept { return (sid & 1) != 0 && sid <= _highest_sid; }
 
     stream* create(uint32_t sid) {
-        stream& s = _streams[sid];
-        s = stream{};
+        stream& s = *_streams.insert(sid);
         s.sid = sid;
         s.send_credit = _limits.initial_window;
         s.recv_credit = _limits.initial_window;
@@ -178,7 +281,7 @@ struct mux::impl {
         while (_dead_head) {
             stream* s = _dead_head;
             _dead_head = s->next;
-            _streams.erase(s->sid);
+            _streams.erase(s);
         }
     }
 
@@ -225,8 +328,7 @@ struct mux::impl {
 
     // ---- control FIFO -----------------------------------------------------------------------
 
-    template <class Encode>
-    void queue(std::size_t max_size, Encode&& enc) {
+    template <class Encode> void queue(std::size_t max_size, Encode&& enc) {
         if (_ctl_head > 0 && _ctl_head == _ctl.size()) {
             _ctl.clear();
             _ctl_head = 0;
@@ -408,6 +510,7 @@ result<void> mux::impl::on_window(const frame_decoder::frame& f) {
 
 result<void> mux::impl::on_frame(const frame_decoder::frame& f) {
     _counters.add(mux_counter::frames_in);
+    _counters.add(in_counter(f.header.type));
     const uint32_t sid = f.header.stream_id;
     switch (f.header.type) {
     case frame_type::data:
@@ -740,6 +843,7 @@ std::size_t mux::produce(std::span<std::byte> out) {
         m._ctl_head += n;
         --m._ctl_count;
         m._counters.add(mux_counter::frames_out);
+        m._counters.add(out_counter(frame_type(uint8_t(f[0]))));
     }
     if (m._ctl_head == m._ctl.size()) {
         m._ctl.clear();
@@ -781,6 +885,7 @@ std::size_t mux::produce(std::span<std::byte> out) {
             s->send_credit -= uint32_t(n);
             ++m._data_frames_out;
             m._counters.add(mux_counter::frames_out);
+            m._counters.add(mux_counter::out_data);
             m._counters.add(mux_counter::data_bytes_out, n);
             m.schedule(s);
             continue;
@@ -788,6 +893,7 @@ std::size_t mux::produce(std::span<std::byte> out) {
         if (!s->readable && s->finish_pending) {
             pos += encode_fin(std::span<std::byte>(hdr, k_header_size), s->sid);
             m._counters.add(mux_counter::frames_out);
+            m._counters.add(mux_counter::out_fin);
             s->fin_sent = true;
             s->finish_pending = false;
             if (s->fin_received) {
@@ -805,20 +911,26 @@ bool mux::wants_produce() const noexcept {
     return _impl->_ctl_head < _impl->_ctl.size() || _impl->_ready_head != nullptr;
 }
 
-std::size_t mux::stream_count() const noexcept { return _impl->_live; }
+std::size_t mux::stream_count() const noexcept {
+    return _impl->_live;
+}
 
-bool mux::going_away() const noexcept { return _impl->_goaway_sent || _impl->_goaway_received; }
+bool mux::going_away() const noexcept {
+    return _impl->_goaway_sent || _impl->_goaway_received;
+}
 
 uint32_t mux::send_window(uint32_t sid) const noexcept {
-    auto it = _impl->_streams.find(sid);
-    return it == _impl->_streams.end() || it->second.dead ? 0 : it->second.send_credit;
+    const stream* s = _impl->_streams.find(sid);
+    return s && !s->dead ? s->send_credit : 0;
 }
 
 uint32_t mux::recv_window(uint32_t sid) const noexcept {
-    auto it = _impl->_streams.find(sid);
-    return it == _impl->_streams.end() || it->second.dead ? 0 : it->second.recv_credit;
+    const stream* s = _impl->_streams.find(sid);
+    return s && !s->dead ? s->recv_credit : 0;
 }
 
-const mux_counter_block& mux::counters() const noexcept { return _impl->_counters; }
+const mux_counter_block& mux::counters() const noexcept {
+    return _impl->_counters;
+}
 
 } // namespace apprelay::tunnel

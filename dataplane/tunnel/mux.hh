@@ -22,29 +22,67 @@ struct mux_limits {
     uint32_t max_frame = k_default_max_frame;
     uint32_t initial_window = 256 * 1024; // per stream, both directions
     uint32_t max_streams = 4096;
-    uint32_t open_reset_rate = 200; // token bucket per tunnel: opens + resets (+ closed-stream hits)
+    // Token bucket per tunnel: opens + resets (+ frames on closed streams).
+    uint32_t open_reset_rate = 200;
     uint32_t open_reset_burst = 400;
-    uint32_t max_control_queue = 1000; // queued outbound control frames (PONG, WINDOW, RST...)
+    uint32_t max_control_queue = 1000;  // queued outbound control frames (PONG, WINDOW, RST...)
     uint32_t max_consecutive_empty = 1; // empty DATA frames in a row
     uint32_t max_window_per_data = 10;  // WINDOW frames received per DATA frame sent (+ slack)
 };
 
+// Per-type counters follow frame_type order (in_hello + type - 1), see in_counter()/out_counter().
 #define APPRELAY_MUX_COUNTERS(X)                                                                   \
-    X(frames_in, "frames received")                                                              \
-    X(frames_out, "frames sent")                                                                 \
-    X(data_bytes_in, "DATA payload bytes received")                                              \
-    X(data_bytes_out, "DATA payload bytes sent")                                                 \
-    X(streams_opened, "streams opened")                                                          \
-    X(streams_reset_in, "RST received")                                                          \
-    X(streams_reset_out, "RST sent")                                                             \
-    X(window_updates_in, "WINDOW frames received")                                               \
-    X(window_updates_out, "WINDOW frames sent")                                                  \
-    X(closed_stream_frames, "frames for closed streams (ignored, charged to the reset budget)")  \
-    X(flow_control_errors, "DATA beyond credit or window overflow")                              \
-    X(protocol_errors, "protocol violations")                                                    \
-    X(rate_limited, "open/reset budget exhausted")
+    X(frames_in, "frames received")                                                                \
+    X(frames_out, "frames sent")                                                                   \
+    X(in_hello, "HELLO frames received")                                                           \
+    X(in_hello_ack, "HELLO_ACK frames received")                                                   \
+    X(in_open, "OPEN frames received")                                                             \
+    X(in_open_ack, "OPEN_ACK frames received")                                                     \
+    X(in_open_fail, "OPEN_FAIL frames received")                                                   \
+    X(in_data, "DATA frames received")                                                             \
+    X(in_window, "WINDOW frames received")                                                         \
+    X(in_fin, "FIN frames received")                                                               \
+    X(in_rst, "RST frames received")                                                               \
+    X(in_ping, "PING frames received")                                                             \
+    X(in_pong, "PONG frames received")                                                             \
+    X(in_goaway, "GOAWAY frames received")                                                         \
+    X(in_config, "CONFIG frames received")                                                         \
+    X(out_hello, "HELLO frames sent")                                                              \
+    X(out_hello_ack, "HELLO_ACK frames sent")                                                      \
+    X(out_open, "OPEN frames sent")                                                                \
+    X(out_open_ack, "OPEN_ACK frames sent")                                                        \
+    X(out_open_fail, "OPEN_FAIL frames sent")                                                      \
+    X(out_data, "DATA frames sent")                                                                \
+    X(out_window, "WINDOW frames sent")                                                            \
+    X(out_fin, "FIN frames sent")                                                                  \
+    X(out_rst, "RST frames sent")                                                                  \
+    X(out_ping, "PING frames sent")                                                                \
+    X(out_pong, "PONG frames sent")                                                                \
+    X(out_goaway, "GOAWAY frames sent")                                                            \
+    X(out_config, "CONFIG frames sent")                                                            \
+    X(data_bytes_in, "DATA payload bytes received")                                                \
+    X(data_bytes_out, "DATA payload bytes sent")                                                   \
+    X(streams_opened, "streams opened")                                                            \
+    X(streams_reset_in, "RST received")                                                            \
+    X(streams_reset_out, "RST sent")                                                               \
+    X(window_updates_in, "WINDOW frames received")                                                 \
+    X(window_updates_out, "WINDOW frames sent")                                                    \
+    X(closed_stream_frames, "frames for closed streams (ignored, charged to the reset budget)")    \
+    X(flow_control_errors, "DATA beyond credit or window overflow")                                \
+    X(protocol_errors, "protocol violations")                                                      \
+    X(rate_limited, "open/reset budget or control queue exhausted")
 
 APPRELAY_DECLARE_COUNTERS(mux_counter, APPRELAY_MUX_COUNTERS)
+using mux_counters_block = mux_counter_block; // the name the integration brief uses
+
+constexpr mux_counter in_counter(frame_type t) noexcept {
+    return mux_counter(uint32_t(mux_counter::in_hello) + uint32_t(t) - 1);
+}
+constexpr mux_counter out_counter(frame_type t) noexcept {
+    return mux_counter(uint32_t(mux_counter::out_hello) + uint32_t(t) - 1);
+}
+static_assert(in_counter(frame_type::config) == mux_counter::in_config);
+static_assert(out_counter(frame_type::config) == mux_counter::out_config);
 
 class mux_handler {
 public:
@@ -72,6 +110,23 @@ public:
     // except mark_readable/finish/consumed (those only queue work).
     virtual std::size_t pull(uint32_t sid, std::span<std::byte> dst) = 0;
 };
+
+// The GOAWAY reason for a tunnel error returned by mux::receive(): protocol_error and
+// frame_too_large -> protocol_error, flow_control -> flow_control, overloaded (open/reset budget
+// or control queue) -> rate_limited, anything else -> internal.
+constexpr reason goaway_reason(errc c) noexcept {
+    switch (c) {
+    case errc::protocol_error:
+    case errc::frame_too_large:
+        return reason::protocol_error;
+    case errc::flow_control:
+        return reason::flow_control;
+    case errc::overloaded:
+        return reason::rate_limited;
+    default:
+        return reason::internal;
+    }
+}
 
 class mux {
 public:
@@ -115,7 +170,7 @@ public:
     bool wants_produce() const noexcept;
 
     std::size_t stream_count() const noexcept;
-    bool going_away() const noexcept; // GOAWAY sent or received
+    bool going_away() const noexcept;                  // GOAWAY sent or received
     uint32_t send_window(uint32_t sid) const noexcept; // credit we may still send on sid
     uint32_t recv_window(uint32_t sid) const noexcept; // credit the peer may still use on sid
     const mux_counter_block& counters() const noexcept;

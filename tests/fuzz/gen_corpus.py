@@ -30,6 +30,17 @@ seeds = {
 }
 seeds["session"] = seeds["open"] + frame(4, 1, b"") + seeds["data"] + seeds["window"] \
     + frame(8, 1, b"") + seeds["goaway"]
+# What a relay-side mux hears from its connector (the fuzz harness pre-opens streams 1,3,5,7).
+seeds["relay_session"] = frame(1, 0, seeds["hello"][12:]) + frame(4, 1, b"") \
+    + frame(6, 1, b"HTTP/1.1 200 OK\r\n\r\n") + frame(7, 1, struct.pack(">I", 4096)) \
+    + frame(8, 1, b"") + frame(5, 3, struct.pack(">H", 4) + s(b"refused")) \
+    + frame(4, 5, b"") + frame(9, 5, struct.pack(">H", 7) + s(b"")) \
+    + frame(11, 0, struct.pack(">Q", 42))
+# What a connector-side mux hears from its relay.
+seeds["connector_session"] = seeds["hello_ack"] + seeds["open"] + seeds["data"] \
+    + frame(7, 1, struct.pack(">I", 4096)) + frame(3, 3, s(b"ssh") + s(b"10.0.0.6:22")) \
+    + frame(6, 3, b"") + frame(6, 3, b"x") + frame(8, 1, b"") + frame(9, 3, struct.pack(">H", 7) \
+    + s(b"bye")) + seeds["ping"] + seeds["config"]
 
 os.makedirs(out, exist_ok=True)
 for i, (name, data) in enumerate(sorted(seeds.items())):

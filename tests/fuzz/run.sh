@@ -8,10 +8,8 @@ root="$(cd "${here}/../.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "${work}"' EXIT
 
-srcs=("${here}/frame_fuzz.cc" "${root}/dataplane/tunnel/frame.cc" "${root}/dataplane/base/log.cc")
-if [[ -f "${root}/dataplane/tunnel/mux.cc" ]]; then
-    srcs+=("${root}/dataplane/tunnel/mux.cc")
-fi
+srcs=("${here}/frame_fuzz.cc" "${root}/dataplane/tunnel/frame.cc"
+    "${root}/dataplane/tunnel/mux.cc" "${root}/dataplane/base/log.cc")
 clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"${root}" "${srcs[@]}" -o "${work}/frame_fuzz" -lpthread
 

@@ -519,7 +519,13 @@ class UserClient:
         end = time.monotonic() + wait
         while True:
             try:
-                return self.obj.read(max_bytes)
+                b = self.obj.read(max_bytes)
+                if not b:
+                    # CPython's SSLObject.read returns b"" (not SSLZeroReturnError) once the
+                    # peer's close_notify arrived; "no data yet" is SSLWantReadError.
+                    self.closed_notify = True
+                    return None
+                return b
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
@@ -564,6 +570,7 @@ class UserClient:
                         self.closed_notify = True
                         break
                     if not b:
+                        self.closed_notify = True  # b"" from SSLObject.read = close_notify
                         break
                     if verify:
                         verify(got, b)

@@ -16,13 +16,13 @@ constexpr uint64_t k_now = 1'000'000'000;
 // Records callbacks and serves pull() from per-stream byte strings.
 struct test_handler : mux_handler {
     mux* m = nullptr;
-    bool auto_ack = true;         // connector: open_ack() from inside on_open
-    bool auto_consume = true;     // consumed() from inside on_data
-    std::set<uint32_t> no_consume; // streams whose reader is stuck
-    std::map<uint32_t, std::string> out;     // bytes still to send
+    bool auto_ack = true;                // connector: open_ack() from inside on_open
+    bool auto_consume = true;            // consumed() from inside on_data
+    std::set<uint32_t> no_consume;       // streams whose reader is stuck
+    std::map<uint32_t, std::string> out; // bytes still to send
     std::map<uint32_t, std::size_t> out_pos;
     std::set<uint32_t> finish_when_drained;
-    std::map<uint32_t, std::string> in;      // bytes received
+    std::map<uint32_t, std::string> in; // bytes received
     std::set<uint32_t> opened, acked, fins, closed;
     std::vector<std::pair<uint32_t, reason>> resets, open_fails;
     std::vector<uint64_t> pongs;
@@ -114,8 +114,7 @@ struct pair_fixture {
 // Raw frame builder for injecting what a well-behaved mux would never send.
 struct wire {
     std::vector<std::byte> b;
-    template <class F>
-    wire& add(F&& enc) {
+    template <class F> wire& add(F&& enc) {
         std::size_t at = b.size();
         b.resize(at + 2048);
         b.resize(at + enc(std::span<std::byte>(b.data() + at, 2048)));
@@ -124,7 +123,9 @@ struct wire {
     wire& open(uint32_t sid) {
         return add([&](auto o) { return encode_open(o, sid, open_frame{"app", "h:1"}); });
     }
-    wire& open_ack(uint32_t sid) { return add([&](auto o) { return encode_open_ack(o, sid); }); }
+    wire& open_ack(uint32_t sid) {
+        return add([&](auto o) { return encode_open_ack(o, sid); });
+    }
     wire& data(uint32_t sid, std::size_t n) {
         return add([&](auto o) {
             std::size_t h = encode_data_header(o, sid, uint32_t(n));
@@ -138,7 +139,9 @@ struct wire {
     wire& rst(uint32_t sid) {
         return add([&](auto o) { return encode_rst(o, sid, reason_frame{reason::cancelled, ""}); });
     }
-    wire& ping(uint64_t v) { return add([&](auto o) { return encode_ping(o, v); }); }
+    wire& ping(uint64_t v) {
+        return add([&](auto o) { return encode_ping(o, v); });
+    }
     wire& goaway() {
         return add([&](auto o) { return encode_goaway(o, goaway_frame{0, reason::no_error, ""}); });
     }
@@ -426,9 +429,32 @@ TEST(stream_mux, ping_answered_with_pong) {
     EXPECT_EQ(p.rh.pongs, std::vector<uint64_t>{42});
 }
 
+TEST(stream_mux, counters_count_frames_by_type) {
+    pair_fixture p;
+    p.relay->ping(1);
+    uint32_t sid = *p.relay->open("app", "a:1", k_now);
+    p.rh.send(sid, pattern(sid, 100), true);
+    p.pump();
+    const auto& rc = p.relay->counters();
+    const auto& cc = p.conn->counters();
+    EXPECT_EQ(rc.get(mux_counter::out_ping), 1u);
+    EXPECT_EQ(cc.get(mux_counter::in_ping), 1u);
+    EXPECT_EQ(cc.get(mux_counter::out_pong), 1u);
+    EXPECT_EQ(rc.get(mux_counter::in_pong), 1u);
+    EXPECT_EQ(rc.get(mux_counter::out_open), 1u);
+    EXPECT_EQ(cc.get(mux_counter::out_open_ack), 1u);
+    EXPECT_EQ(rc.get(mux_counter::out_data), 1u);
+    EXPECT_EQ(cc.get(mux_counter::in_data), 1u);
+    EXPECT_EQ(rc.get(mux_counter::out_fin), 1u);
+    EXPECT_EQ(cc.get(mux_counter::in_fin), 1u);
+    // frames_out = PING + OPEN + DATA + FIN; frames_in on the connector sees the same four.
+    EXPECT_EQ(rc.get(mux_counter::frames_out), 4u);
+    EXPECT_EQ(cc.get(mux_counter::frames_in), 4u);
+}
+
 TEST(stream_mux, empty_data_flood_is_tunnel_protocol_error) {
     conn_fixture c;
-    ASSERT_TRUE(c.rx(wire{}.open(1).data(1, 0)).ok()); // one is tolerated
+    ASSERT_TRUE(c.rx(wire{}.open(1).data(1, 0)).ok());    // one is tolerated
     ASSERT_TRUE(c.rx(wire{}.data(1, 5).data(1, 0)).ok()); // non-empty DATA resets the count
     auto res = c.rx(wire{}.data(1, 0));
     EXPECT_EQ(res.code(), errc::protocol_error);
@@ -517,6 +543,46 @@ TEST(stream_mux, reset_from_inside_on_data_is_safe) {
     EXPECT_TRUE(h.resets.empty()); // no on_reset for owner-requested resets
     EXPECT_EQ(c.stream_count(), 0u);
     EXPECT_EQ(c.counters().get(mux_counter::closed_stream_frames), 1u);
+}
+
+TEST(stream_mux, stream_records_survive_churn_and_are_reused) {
+    // 20 rounds of: open up to max_streams, then reset every other live stream (oldest first).
+    // Each round costs at most max_streams opens + resets of budget, so the clock advances 10 s
+    // per round to refill the bucket (200/s * 10 s > 400 burst). Stream lookups must keep
+    // finding exactly the live ids while the index shifts entries on every erase.
+    mux_limits l;
+    l.max_streams = 300;
+    test_handler h;
+    mux r(role::relay, l, h);
+    h.m = &r;
+    std::set<uint32_t> live;
+    uint64_t now = k_now;
+    std::vector<std::byte> buf(64 * 1024);
+    for (int round = 0; round < 20; ++round) {
+        now += 10'000'000'000ull;
+        while (live.size() < l.max_streams) {
+            auto sid = r.open("app", "a:1", now);
+            ASSERT_TRUE(sid.ok()) << name_of(sid.code());
+            live.insert(*sid);
+        }
+        while (r.produce(buf) > 0) {
+        }
+        bool drop = true;
+        for (auto it = live.begin(); it != live.end();) {
+            if (drop) {
+                r.reset(*it, reason::cancelled, "churn");
+                it = live.erase(it);
+            } else {
+                ++it;
+            }
+            drop = !drop;
+        }
+        ASSERT_EQ(r.stream_count(), live.size());
+        for (uint32_t sid : live) {
+            ASSERT_EQ(r.send_window(sid), l.initial_window) << sid;
+        }
+        ASSERT_EQ(r.send_window(*live.begin() - 2), 0u);
+    }
 }
 
 } // namespace
