@@ -3,6 +3,7 @@
 #include "dataplane/base/log.hh"
 #include "dataplane/base/time.hh"
 #include "dataplane/io/tls_transport.hh"
+#include "dataplane/io/tunnel_pump.hh"
 #include "dataplane/io/uring/loop.hh"
 #include "dataplane/tunnel/mux.hh"
 #include "tls/context.hh"
@@ -18,7 +19,6 @@
 namespace apprelay::connector {
 namespace {
 constexpr std::size_t k_scratch = 64 * 1024;
-constexpr std::size_t k_tunnel_high_water = 256 * 1024;
 // Backend bytes buffered for the tunnel before the backend's receive is paused (no credit).
 constexpr std::size_t k_backend_in_high = 256 * 1024;
 constexpr std::size_t k_backend_in_low = 64 * 1024;
@@ -116,11 +116,11 @@ public:
     tunnel::mux* mux() { return _mux.get(); }
     void mark_dirty();
     void queue_fin(uint32_t sid) {
-        _pending_fin.push_back(sid);
+        _pending.fin.push_back(sid);
         mark_dirty();
     }
     void queue_reset(uint32_t sid) {
-        _pending_reset.push_back(sid);
+        _pending.reset.push_back(sid);
         mark_dirty();
     }
     bool ready() const { return _state == state::ready; }
@@ -141,8 +141,7 @@ private:
     std::unique_ptr<io::tls_transport> _tx;
     std::unique_ptr<tunnel::mux> _mux;
     std::unordered_map<uint32_t, backend_conn*> _streams;
-    std::vector<uint32_t> _pending_fin;
-    std::vector<uint32_t> _pending_reset;
+    io::tunnel_pending _pending{{}, {}, "backend connection failed"};
     uint32_t _attempt = 0;
     uint64_t _retry_at = 0;
 };
@@ -531,28 +530,10 @@ void tunnel_link::service() {
     if (!_mux || (_state != state::ready && _state != state::hello_sent)) {
         return;
     }
-    for (uint32_t sid : _pending_reset) {
-        _mux->reset(sid, tunnel::reason::cancelled, "backend connection failed");
+    auto data = std::span<std::byte>(_a->scratch.data(), _a->scratch.size());
+    if (!io::pump_tunnel(*_mux, *_tx, _pending, data)) {
+        fail(_tx->tls().last_error());
     }
-    _pending_reset.clear();
-    for (int pass = 0; pass < 64 && _tx->queued() < k_tunnel_high_water; ++pass) {
-        for (uint32_t sid : _pending_fin) {
-            _mux->finish(sid);
-        }
-        _pending_fin.clear();
-        if (!_mux->wants_produce()) {
-            break;
-        }
-        std::size_t n = _mux->produce(std::span<std::byte>(_a->scratch.data(), _a->scratch.size()));
-        if (n == 0 && _pending_fin.empty()) {
-            break;
-        }
-        if (n > 0 && !_tx->tls().write(std::span<const std::byte>(_a->scratch.data(), n))) {
-            fail(_tx->tls().last_error());
-            return;
-        }
-    }
-    _tx->flush();
 }
 
 void tunnel_link::on_sent(io::conn_id, int res) {
@@ -586,8 +567,8 @@ void tunnel_link::fail(std::string_view why) {
         b->kill();
     }
     _streams.clear();
-    _pending_fin.clear();
-    _pending_reset.clear();
+    _pending.fin.clear();
+    _pending.reset.clear();
     _a->loop->close(_id, false);
     _tx.reset();
     _mux.reset();

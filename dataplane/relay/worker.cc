@@ -2,6 +2,7 @@
 
 #include "dataplane/base/log.hh"
 #include "dataplane/base/time.hh"
+#include "dataplane/io/tunnel_pump.hh"
 #include "dataplane/tunnel/mux.hh"
 
 #include <algorithm>
@@ -15,9 +16,6 @@ namespace {
 // Plaintext scratch: one produce() pass or one decrypt. 64 KiB = 4 full TLS records, so many
 // small frames of different streams coalesce into full records (one SSL_write per pass).
 constexpr std::size_t k_scratch = 64 * 1024;
-// A tunnel stops producing frames while this much ciphertext waits for its socket: bounds
-// memory and keeps the scheduler's fairness decisions close to the wire.
-constexpr std::size_t k_tunnel_high_water = 256 * 1024;
 // A user's receive is paused while this much undecrypted ciphertext is buffered (the stream has
 // no credit); resumed below the low mark.
 constexpr std::size_t k_user_in_high = 256 * 1024;
@@ -112,7 +110,7 @@ public:
     result<uint32_t> open_stream(user_conn* u, const app_entry& app);
     void forget_stream(uint32_t sid, bool reset);
     void finish_stream(uint32_t sid) {
-        _pending_fin.push_back(sid);
+        _pending.fin.push_back(sid);
         _w->mark_dirty(this);
     }
     void service();
@@ -146,8 +144,7 @@ private:
     uint16_t _target_worker = 0;
     uint64_t _accepted_ns;
     std::unordered_map<uint32_t, user_conn*> _streams;
-    std::vector<uint32_t> _pending_fin;
-    std::vector<uint32_t> _pending_reset;
+    io::tunnel_pending _pending{{}, {}, "user connection closed"};
     bool _handoff_pending = false;
     std::string _violation; // protocol violation seen inside a mux callback
 };
@@ -546,7 +543,7 @@ void tunnel_conn::forget_stream(uint32_t sid, bool reset) {
     }
     if (reset) {
         _w->_counters.add(relay_counter::streams_reset);
-        _pending_reset.push_back(sid);
+        _pending.reset.push_back(sid);
         _w->mark_dirty(this);
     }
 }
@@ -617,31 +614,10 @@ void tunnel_conn::service() {
     if (_state == state::closed || _state == state::handing_off) {
         return;
     }
-    for (uint32_t sid : _pending_reset) {
-        _mux.reset(sid, tunnel::reason::cancelled, "user connection closed");
+    auto data = std::span<std::byte>(_w->_scratch.data(), _w->_scratch.size());
+    if (!io::pump_tunnel(_mux, _tx, _pending, data)) {
+        fail(relay_counter::tunnel_tls_failed, _tx.tls().last_error());
     }
-    _pending_reset.clear();
-    for (int pass = 0; pass < 64 && _tx.queued() < k_tunnel_high_water; ++pass) {
-        for (uint32_t sid : _pending_fin) {
-            _mux.finish(sid);
-        }
-        _pending_fin.clear();
-        if (!_mux.wants_produce()) {
-            break;
-        }
-        std::size_t n = _mux.produce(std::span<std::byte>(_w->_scratch.data(), _w->_scratch.size()));
-        if (n == 0 && _pending_fin.empty()) {
-            break;
-        }
-        if (n > 0) {
-            auto r = _tx.tls().write(std::span<const std::byte>(_w->_scratch.data(), n));
-            if (!r) {
-                fail(relay_counter::tunnel_tls_failed, _tx.tls().last_error());
-                return;
-            }
-        }
-    }
-    _tx.flush();
 }
 
 void tunnel_conn::on_sent(io::conn_id, int res) {
