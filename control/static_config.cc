@@ -84,6 +84,8 @@ bool load_static_config(const std::string& path, loaded_config* out, std::string
             uint32_t((*l)["ping_interval_ms"].value_or(int64_t(lim.ping_interval_ms)));
         lim.handshake_timeout_ms =
             uint32_t((*l)["handshake_timeout_ms"].value_or(int64_t(lim.handshake_timeout_ms)));
+        lim.drain_deadline_ms =
+            uint32_t((*l)["drain_deadline_ms"].value_or(int64_t(lim.drain_deadline_ms)));
         if (lim.max_frame < 1024 || lim.max_frame > (1u << 20)) {
             *why = fmt::format("limits.max_frame: {} outside 1024..1048576", lim.max_frame);
             return false;

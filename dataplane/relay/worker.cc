@@ -119,6 +119,9 @@ public:
     void goaway(std::string_view why);
 
     bool ready() const { return _state == state::ready; }
+    // Relay stopping: GOAWAY now, no new streams here, streams in flight go on.
+    void drain();
+    bool drained() const { return _state == state::draining && _streams.empty() && _tx.idle(); }
     uint16_t handoff_target() const { return _target_worker; }
     bool handshaking() const { return _state == state::handshaking || _state == state::await_hello; }
     uint64_t accepted_ns() const { return _accepted_ns; }
@@ -130,7 +133,7 @@ public:
     std::size_t pos = 0; // index in worker::_tunnels
 
 private:
-    enum class state : uint8_t { handshaking, await_hello, handing_off, ready, closed };
+    enum class state : uint8_t { handshaking, await_hello, handing_off, ready, draining, closed };
     void after_handshake();
     void send_hello_ack();
     void close_all_streams();
@@ -445,7 +448,7 @@ void tunnel_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
             goaway(m ? std::string_view(_violation) : m.err().detail);
             return;
         }
-        if (_state != state::ready && _state != state::await_hello) {
+        if (_state != state::ready && _state != state::draining && _state != state::await_hello) {
             return; // handing off (HELLO asked for another worker) or closed
         }
     }
@@ -517,6 +520,17 @@ void tunnel_conn::send_hello_ack() {
 }
 
 void tunnel_conn::on_detached(io::conn_id, int fd) { _w->handoff(this, fd); }
+
+void tunnel_conn::drain() {
+    if (_state != state::ready) {
+        fail(relay_counter::tunnels_closed, "relay shutting down");
+        return;
+    }
+    _mux.goaway(tunnel::reason::shutting_down, "relay shutting down");
+    _w->tunnel_gone(this);
+    _state = state::draining;
+    _w->mark_dirty(this);
+}
 
 void tunnel_conn::adopt_on(worker* w, io::conn_id id) {
     _w = w;
@@ -863,6 +877,9 @@ void worker::drain_handoffs() {
             m.tunnel->pos = _tunnels.size();
             _tunnels.push_back(m.tunnel);
             m.tunnel->adopt_on(this, *id);
+            if (_draining) {
+                m.tunnel->drain();
+            }
         }
     }
 }
@@ -913,11 +930,29 @@ void worker::begin_drain() {
     _loop->close(_tunnel_listen_id);
     auto tunnels = _tunnels;
     for (auto* t : tunnels) {
-        t->goaway("relay shutting down");
+        t->drain();
     }
     auto users = _users;
     for (auto* u : users) {
-        u->abort(relay_counter::streams_reset);
+        if (u->handshaking()) {
+            u->abort(relay_counter::streams_reset);
+        }
+    }
+}
+
+void worker::drain_step(bool deadline_passed) {
+    auto tunnels = _tunnels;
+    for (auto* t : tunnels) {
+        if (deadline_passed || t->drained()) {
+            t->fail(relay_counter::tunnels_closed,
+                    deadline_passed ? "drain deadline passed" : "drained");
+        }
+    }
+    if (deadline_passed) {
+        auto users = _users;
+        for (auto* u : users) {
+            u->abort(relay_counter::streams_reset); // cut: RST, never a clean end
+        }
     }
 }
 
@@ -940,16 +975,22 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
     _tunnel_listen_id = *tl;
 
     uint64_t next_housekeeping = 0;
-    uint64_t drain_started = 0;
+    uint64_t drain_deadline = 0;
     for (;;) {
         _now = mono_ns();
         if (stop.load(std::memory_order_relaxed) && !_draining) {
             begin_drain();
-            drain_started = _now;
+            drain_deadline =
+                _now + uint64_t(_shared.snap->limits.drain_deadline_ms) * 1'000'000ull;
         }
-        if (_draining && ((_users.empty() && _tunnels.empty() && _loop->open_sockets() == 0) ||
-                          _now - drain_started > 5'000'000'000ull)) {
-            break;
+        if (_draining) {
+            drain_step(_now >= drain_deadline);
+            if (_users.empty() && _tunnels.empty() && _loop->open_sockets() == 0) {
+                break;
+            }
+            if (_now >= drain_deadline + 1'000'000'000ull) {
+                break; // sockets that did not finish closing in 1 s are closed by the loop
+            }
         }
         service_dirty();
         reap();

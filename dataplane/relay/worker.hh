@@ -80,6 +80,7 @@ private:
     void bury(tunnel_conn* t);
     void bury(user_conn* u);
     void begin_drain();
+    void drain_step(bool deadline_passed);
 
     const uint16_t _index;
     worker_shared _shared;

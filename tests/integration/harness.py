@@ -140,8 +140,10 @@ class PKI:
 class Topology:
     """What relay.toml says. Paths are relative to the config's directory (the PKI dir)."""
 
-    def __init__(self, workers=2):
+    def __init__(self, workers=2, drain_deadline_ms=3000):
         self.workers = workers
+        # Tests stop the relay with SIGTERM and escalate after 10 s: drain well within that.
+        self.drain_deadline_ms = drain_deadline_ms
         self.tenants = []     # dict(name, ca)
         self.groups = []      # dict(tenant, name)
         self.connectors = []  # dict(tenant, id, group, cert, key)
@@ -168,6 +170,7 @@ class Topology:
                     f"hostname = {q(a['hostname'])}", f"cert = {q(a['cert'])}",
                     f"key = {q(a['key'])}", f"backend = {q(a['backend'])}",
                     f"group = {q(a['group'])}", ""]
+        out += ["[limits]", f"drain_deadline_ms = {int(self.drain_deadline_ms)}", ""]
         return "\n".join(out)
 
 
