@@ -84,6 +84,12 @@ bool load_static_config(const std::string& path, loaded_config* out, std::string
             uint32_t((*l)["ping_interval_ms"].value_or(int64_t(lim.ping_interval_ms)));
         lim.handshake_timeout_ms =
             uint32_t((*l)["handshake_timeout_ms"].value_or(int64_t(lim.handshake_timeout_ms)));
+        lim.ping_timeout_ms =
+            uint32_t((*l)["ping_timeout_ms"].value_or(int64_t(lim.ping_timeout_ms)));
+        if (lim.ping_interval_ms == 0 || lim.ping_timeout_ms <= lim.ping_interval_ms) {
+            *why = "limits.ping_interval_ms / ping_timeout_ms: need 0 < interval < timeout";
+            return false;
+        }
         lim.drain_deadline_ms =
             uint32_t((*l)["drain_deadline_ms"].value_or(int64_t(lim.drain_deadline_ms)));
         if (lim.max_frame < 1024 || lim.max_frame > (1u << 20)) {

@@ -124,6 +124,8 @@ public:
         mark_dirty();
     }
     bool ready() const { return _state == state::ready; }
+    // The relay PINGs every ping_interval: silence for 3 intervals means it (or the path) died.
+    bool silent(uint64_t now) const { return ready() && now - _last_rx > _silence_ns; }
     bool waiting() const { return _state == state::waiting; }
     uint64_t retry_at() const { return _retry_at; }
     uint16_t worker() const { return _worker; }
@@ -144,6 +146,8 @@ private:
     io::tunnel_pending _pending{{}, {}, "backend connection failed"};
     uint32_t _attempt = 0;
     uint64_t _retry_at = 0;
+    uint64_t _last_rx = 0;
+    uint64_t _silence_ns = 3'000'000'000ull;
 };
 
 class agent {
@@ -412,6 +416,7 @@ void tunnel_link::on_recv(io::conn_id, std::span<const std::byte> data) {
         return;
     }
     _tx->tls().feed(data);
+    _last_rx = _a->now;
     if (_state == state::handshaking) {
         auto r = _tx->tls().handshake();
         _tx->flush();
@@ -453,6 +458,7 @@ void tunnel_link::on_hello_ack(const tunnel::hello_ack& a) {
     }
     _state = state::ready;
     _attempt = 0;
+    _silence_ns = 3ull * std::max<uint32_t>(a.ping_interval_ms, 100) * 1'000'000ull;
     _a->last_tunnel_ns = _a->now;
     _a->counters.add(connector_counter::tunnels_connected);
     _a->counters.set(connector_counter::tunnels_up, _a->counters.get(connector_counter::tunnels_up) + 1);
@@ -645,6 +651,9 @@ int agent::run(const std::atomic<bool>& stop) {
         bool any_up = false;
         for (std::size_t i = 0; i < links.size(); ++i) {
             auto& lk = links[i];
+            if (lk->silent(now)) {
+                lk->fail("relay stopped answering (no PING within 3 intervals)");
+            }
             any_up = any_up || lk->ready();
             if (lk->waiting() && now >= lk->retry_at()) {
                 lk->connect();

@@ -22,6 +22,7 @@ namespace apprelay::relay {
     X(tunnel_cert_rejected, "tunnel client certificates that failed verification")              \
     X(tunnel_unknown_connector, "verified tunnel certificates that match no connector")          \
     X(tunnel_protocol_errors, "tunnels closed for a protocol violation")                         \
+    X(tunnel_ping_timeouts, "tunnels closed: the connector stopped answering (PING deadline)")   \
     X(tunnels_handed_off, "tunnels moved to the worker they asked for, at setup")                \
     X(tunnels_closed, "tunnels closed (any reason)")                                             \
     X(tunnels_up, "gauge: tunnels ready on this worker")                                         \

@@ -41,6 +41,7 @@ struct relay_limits {
     uint32_t initial_window = 256 * 1024;
     uint32_t max_streams_per_tunnel = 4096;
     uint32_t ping_interval_ms = 1000;
+    uint32_t ping_timeout_ms = 3000; // no bytes from a connector for this long: tunnel dead
     uint32_t handshake_timeout_ms = 10'000;
     uint32_t drain_deadline_ms = 30'000;
 };

@@ -23,9 +23,10 @@ constexpr std::size_t k_user_in_low = 64 * 1024;
 // Credit for bytes sent to a user goes back to the connector once the user's queued ciphertext
 // drops below this: a user that stops reading stops its stream only.
 constexpr std::size_t k_user_out_low = 64 * 1024;
-// Idle wait when nothing is dirty; also the granularity of the housekeeping scan.
+// Longest idle wait when nothing is dirty and no timer is due sooner.
 constexpr uint64_t k_max_wait_ns = 50'000'000;
-constexpr uint64_t k_housekeeping_ns = 500'000'000;
+// Timer resolution: liveness and handshake deadlines are seconds; 10 ms ticks are plenty.
+constexpr uint64_t k_timer_tick_ns = 10'000'000;
 
 void set_nodelay(int fd) {
     int one = 1;
@@ -40,7 +41,11 @@ void set_nodelay(int fd) {
 class user_conn final : public io::sink {
 public:
     user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
-        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool), _accepted_ns(w->_now) {}
+        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool), _accepted_ns(w->_now) {
+        // Slowloris bound: the TLS handshake must finish in time.
+        _w->_wheel->schedule(_timer, _w->_now + uint64_t(_w->_shared.snap->limits.handshake_timeout_ms) *
+                                                    1'000'000ull);
+    }
 
     void on_recv(io::conn_id, std::span<const std::byte> data) override;
     void on_recv_end(io::conn_id, int res) override;
@@ -70,8 +75,16 @@ private:
     void queue_fin();
     void close_now(bool abort);
 
+    static void on_timer(core::timer*, void* ctx) {
+        auto* u = static_cast<user_conn*>(ctx);
+        if (u->_state == state::handshaking) {
+            u->abort(relay_counter::user_handshake_timeouts);
+        }
+    }
+
     worker* _w;
     io::tls_transport _tx;
+    core::timer _timer{&user_conn::on_timer, this};
     state _state = state::handshaking;
     tunnel_conn* _t = nullptr;
     uint32_t _sid = 0;
@@ -134,6 +147,9 @@ public:
 
 private:
     enum class state : uint8_t { handshaking, await_hello, handing_off, ready, draining, closed };
+    // One timer per tunnel: the handshake/HELLO deadline until ready, then the PING clock.
+    static void on_timer(core::timer*, void* ctx) { static_cast<tunnel_conn*>(ctx)->tick(); }
+    void tick();
     void after_handshake();
     void send_hello_ack();
     void close_all_streams();
@@ -141,6 +157,8 @@ private:
     worker* _w;
     io::tls_transport _tx;
     tunnel::mux _mux;
+    core::timer _timer{&tunnel_conn::on_timer, this};
+    uint64_t _last_rx = 0; // last bytes from the connector (PONGs at least, when healthy)
     state _state = state::handshaking;
     int32_t _connector = -1;
     uint32_t _group = 0;
@@ -209,6 +227,7 @@ void user_conn::handshake() {
 }
 
 void user_conn::start_stream() {
+    _w->_wheel->cancel(_timer);
     const auto& snap = *_w->_shared.snap;
     int64_t idx = _tx.tls().sni_index();
     if (idx < 0 || std::size_t(idx) >= snap.apps.size()) {
@@ -402,13 +421,37 @@ tunnel::mux_limits mux_limits_from(const relay_limits& l) {
 tunnel_conn::tunnel_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
     : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool),
       _mux(tunnel::role::relay, mux_limits_from(w->_shared.snap->limits), *this),
-      _accepted_ns(w->_now) {}
+      _accepted_ns(w->_now) {
+    _w->_wheel->schedule(_timer, _w->_now + uint64_t(_w->_shared.snap->limits.handshake_timeout_ms) *
+                                                1'000'000ull);
+}
+
+void tunnel_conn::tick() {
+    const auto& lim = _w->_shared.snap->limits;
+    if (_state == state::handshaking || _state == state::await_hello) {
+        fail(relay_counter::tunnel_tls_failed, "TLS handshake or HELLO timed out");
+        return;
+    }
+    if (_state != state::ready && _state != state::draining) {
+        return;
+    }
+    // Liveness (RELIABILITY.md): a connector that stops answering is dead even if its TCP
+    // connection looks open (SIGSTOP, half-open path); it gets no new streams from now on.
+    if (_w->_now - _last_rx > uint64_t(lim.ping_timeout_ms) * 1'000'000ull) {
+        fail(relay_counter::tunnel_ping_timeouts, "missed PING deadline");
+        return;
+    }
+    _mux.ping(_w->_now);
+    _w->mark_dirty(this);
+    _w->_wheel->schedule(_timer, _w->_now + uint64_t(lim.ping_interval_ms) * 1'000'000ull);
+}
 
 void tunnel_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
     if (_state == state::closed) {
         return;
     }
     _tx.tls().feed(data);
+    _last_rx = _w->_now;
     if (_state == state::handing_off) {
         return; // decrypted by the worker that takes it over
     }
@@ -488,6 +531,7 @@ void tunnel_conn::on_hello(const tunnel::hello& h) {
         }
         _target_worker = h.worker_index;
         _state = state::handing_off;
+        _w->_wheel->cancel(_timer); // timers never cross workers
         _handoff_pending = true;
         if (_tx.idle()) {
             _handoff_pending = false;
@@ -512,6 +556,8 @@ void tunnel_conn::send_hello_ack() {
     a.min_version = snap.min_connector_version;
     _mux.send_hello_ack(a);
     _state = state::ready;
+    _last_rx = _w->_now;
+    _w->_wheel->schedule(_timer, _w->_now + uint64_t(snap.limits.ping_interval_ms) * 1'000'000ull);
     _w->tunnel_ready(this);
     log::info("tunnel_up", {{"worker", _w->_index},
                             {"connector", snap.connectors[std::size_t(_connector)].id},
@@ -962,6 +1008,8 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         return false;
     }
     _loop = std::move(*l);
+    _now = mono_ns();
+    _wheel = std::make_unique<core::timer_wheel>(k_timer_tick_ns, _now);
     _loop->set_wake_handler([this] { drain_handoffs(); });
     _user_listener = std::make_unique<listener_sink>(this, false);
     _tunnel_listener = std::make_unique<listener_sink>(this, true);
@@ -974,7 +1022,6 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
     _user_listen_id = *ul;
     _tunnel_listen_id = *tl;
 
-    uint64_t next_housekeeping = 0;
     uint64_t drain_deadline = 0;
     for (;;) {
         _now = mono_ns();
@@ -994,26 +1041,15 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         }
         service_dirty();
         reap();
-        _loop->run_once(_dirty.empty() ? k_max_wait_ns : 0);
+        uint64_t wait = 0;
+        if (_dirty.empty()) {
+            uint64_t next = _wheel->next_deadline_hint(_now);
+            wait = next <= _now ? 0 : std::min(k_max_wait_ns, next - _now);
+        }
+        _loop->run_once(wait);
         _now = mono_ns();
         drain_handoffs();
-        if (_now >= next_housekeeping) {
-            next_housekeeping = _now + k_housekeeping_ns;
-            const uint64_t hs_deadline =
-                uint64_t(_shared.snap->limits.handshake_timeout_ms) * 1'000'000ull;
-            auto users = _users;
-            for (auto* u : users) {
-                if (u->handshaking() && _now - u->accepted_ns() > hs_deadline) {
-                    u->abort(relay_counter::user_handshake_timeouts);
-                }
-            }
-            auto tunnels = _tunnels;
-            for (auto* t : tunnels) {
-                if (t->handshaking() && _now - t->accepted_ns() > hs_deadline) {
-                    t->fail(relay_counter::tunnel_tls_failed, "TLS handshake or HELLO timed out");
-                }
-            }
-        }
+        _wheel->advance(_now);
     }
     reap();
     return true;

@@ -6,6 +6,7 @@
 // Loop iteration: reap completions (TLS decrypt, decode frames, route) -> service dirty tunnels
 // (produce frames, TLS encrypt, submit sends) -> hand-over rings -> timers -> wait.
 #include "dataplane/core/spsc_ring.hh"
+#include "dataplane/core/timer_wheel.hh"
 #include "dataplane/io/tls_transport.hh"
 #include "dataplane/io/uring/loop.hh"
 #include "dataplane/relay/counters.hh"
@@ -85,6 +86,7 @@ private:
     const uint16_t _index;
     worker_shared _shared;
     std::unique_ptr<io::uring_loop> _loop;
+    std::unique_ptr<core::timer_wheel> _wheel; // created on the worker thread in run()
     io::send_buffer_pool _pool;
     relay_counter_block _counters;
     std::unique_ptr<std::atomic<uint32_t>[]> _tunnels_by_connector;
