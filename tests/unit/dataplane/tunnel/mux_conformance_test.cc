@@ -3,6 +3,7 @@
 //   tunnel: receive() returns the errc (the owner then sends GOAWAY goaway_reason(errc), closes)
 //   stream: receive() is ok and the mux queued an RST with the reason on that stream id
 //   none:   receive() is ok and no RST was queued
+#include "tests/unit/dataplane/tunnel/wire.hh"
 #include "dataplane/tunnel/mux.hh"
 
 #include <cstring>
@@ -27,44 +28,7 @@ struct quiet_handler : mux_handler {
     std::size_t pull(uint32_t, std::span<std::byte>) override { return 0; }
 };
 
-// Wire builder: each call appends one encoded frame.
-struct wire {
-    std::vector<std::byte> b;
-    template <class F> wire& add(F&& enc) {
-        std::size_t at = b.size();
-        b.resize(at + 2048);
-        b.resize(at + enc(std::span<std::byte>(b.data() + at, 2048)));
-        return *this;
-    }
-    wire& open(uint32_t sid) {
-        return add([&](auto o) { return encode_open(o, sid, open_frame{"app", "h:1"}); });
-    }
-    wire& data(uint32_t sid, std::size_t n) {
-        return add([&](auto o) {
-            std::size_t h = encode_data_header(o, sid, uint32_t(n));
-            std::memset(o.data() + h, 'x', n);
-            return h + n;
-        });
-    }
-    wire& window(uint32_t sid, uint32_t inc) {
-        return add([&](auto o) { return encode_window(o, sid, inc); });
-    }
-    wire& rst(uint32_t sid) {
-        return add([&](auto o) { return encode_rst(o, sid, reason_frame{reason::cancelled, ""}); });
-    }
-    wire& ping() {
-        return add([&](auto o) { return encode_ping(o, 7); });
-    }
-    wire& goaway() {
-        return add([&](auto o) { return encode_goaway(o, goaway_frame{0, reason::no_error, ""}); });
-    }
-    template <class F> wire& times(int n, F&& f) {
-        for (int i = 0; i < n; ++i) {
-            f(*this);
-        }
-        return *this;
-    }
-};
+using testing::wire;
 
 struct mux_row {
     const char* id;

@@ -1,3 +1,4 @@
+#include "tests/unit/dataplane/tunnel/wire.hh"
 #include "dataplane/tunnel/mux.hh"
 
 #include <algorithm>
@@ -112,41 +113,7 @@ struct pair_fixture {
 };
 
 // Raw frame builder for injecting what a well-behaved mux would never send.
-struct wire {
-    std::vector<std::byte> b;
-    template <class F> wire& add(F&& enc) {
-        std::size_t at = b.size();
-        b.resize(at + 2048);
-        b.resize(at + enc(std::span<std::byte>(b.data() + at, 2048)));
-        return *this;
-    }
-    wire& open(uint32_t sid) {
-        return add([&](auto o) { return encode_open(o, sid, open_frame{"app", "h:1"}); });
-    }
-    wire& open_ack(uint32_t sid) {
-        return add([&](auto o) { return encode_open_ack(o, sid); });
-    }
-    wire& data(uint32_t sid, std::size_t n) {
-        return add([&](auto o) {
-            std::size_t h = encode_data_header(o, sid, uint32_t(n));
-            std::memset(o.data() + h, 'x', n);
-            return h + n;
-        });
-    }
-    wire& window(uint32_t sid, uint32_t inc) {
-        return add([&](auto o) { return encode_window(o, sid, inc); });
-    }
-    wire& rst(uint32_t sid) {
-        return add([&](auto o) { return encode_rst(o, sid, reason_frame{reason::cancelled, ""}); });
-    }
-    wire& ping(uint64_t v) {
-        return add([&](auto o) { return encode_ping(o, v); });
-    }
-    wire& goaway() {
-        return add([&](auto o) { return encode_goaway(o, goaway_frame{0, reason::no_error, ""}); });
-    }
-    std::span<const std::byte> span() const { return b; }
-};
+using testing::wire;
 
 struct parsed {
     frame_header h;
