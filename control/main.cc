@@ -8,7 +8,9 @@
 
 namespace {
 std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop.store(true); }
+void on_signal(int) {
+    g_stop.store(true);
+}
 } // namespace
 
 int main(int argc, char** argv) {
@@ -25,10 +27,10 @@ int main(int argc, char** argv) {
     app.set_version_flag("--version", APPRELAY_VERSION);
     CLI11_PARSE(app, argc, argv);
     using apprelay::log::level;
-    apprelay::log::set_level(level_name == "debug" ? level::debug
-                             : level_name == "warn" ? level::warn
+    apprelay::log::set_level(level_name == "debug"   ? level::debug
+                             : level_name == "warn"  ? level::warn
                              : level_name == "error" ? level::error
-                                               : level::info);
+                                                     : level::info);
     std::signal(SIGTERM, on_signal);
     std::signal(SIGINT, on_signal);
     std::signal(SIGPIPE, SIG_IGN);

@@ -32,7 +32,7 @@ struct server_options {
     // Certificate used when no SNI entry matches and unknown_sni_fails is false, and for the
     // tunnel listener (connectors present SNI of the relay, which is not an app).
     cert_source default_cert;
-    std::vector<sni_entry> sni; // user listener: one per application
+    std::vector<sni_entry> sni;     // user listener: one per application
     bool unknown_sni_fails = false; // user listener: unknown or missing SNI -> alert 112
     // Mutual TLS: when non-empty, the client must present a certificate chaining to one of these
     // CA files (PEM). Tunnel listener: every tenant CA.
@@ -41,9 +41,9 @@ struct server_options {
 };
 
 struct client_options {
-    std::string ca_pem_path;     // trust anchor for the server (relay CA); empty = no verify
-    std::string server_name;     // SNI sent and hostname verified (if verify)
-    cert_source client_cert;     // mutual TLS (connector identity); empty paths = none
+    std::string ca_pem_path; // trust anchor for the server (relay CA); empty = no verify
+    std::string server_name; // SNI sent and hostname verified (if verify)
+    cert_source client_cert; // mutual TLS (connector identity); empty paths = none
 };
 
 class server_context {

@@ -54,7 +54,7 @@ public:
     void consume_output(std::size_t n) noexcept;
 
     // After the handshake:
-    std::string_view sni() const noexcept;            // server side: the name the client sent
+    std::string_view sni() const noexcept; // server side: the name the client sent
     // server side with SNI entries: index of the matched sni_entry (app_index), or -1
     int64_t sni_index() const noexcept;
     // SHA-256 fingerprint (64 hex) of the verified peer leaf certificate; empty if none.

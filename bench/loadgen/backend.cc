@@ -14,14 +14,6 @@
 // Memory per connection is bounded by k_buf_size: echo stops reading while its buffer is full,
 // so a client that does not read back only stalls itself.
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -29,10 +21,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <memory>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
 #include <string>
 #include <string_view>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <thread>
+#include <unistd.h>
 #include <unordered_map>
 #include <vector>
 
@@ -46,7 +45,9 @@ enum class mode { echo, sink, source };
 
 std::atomic<bool> g_stop{false};
 
-void on_signal(int) { g_stop.store(true); }
+void on_signal(int) {
+    g_stop.store(true);
+}
 
 struct connection {
     int fd = -1;
@@ -386,8 +387,7 @@ int main(int argc, char** argv) {
     int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
-        ::listen(lfd, 4096) != 0) {
+    if (::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(lfd, 4096) != 0) {
         std::fprintf(stderr, "testbackend: cannot listen on %s: %s\n", listen.c_str(),
                      std::strerror(errno));
         return 1;
@@ -397,7 +397,7 @@ int main(int argc, char** argv) {
     int port = ntohs(sa.sin_port);
 
     signal(SIGPIPE, SIG_IGN);
-    struct sigaction act{};
+    struct sigaction act {};
     act.sa_handler = on_signal;
     sigaction(SIGTERM, &act, nullptr);
     sigaction(SIGINT, &act, nullptr);

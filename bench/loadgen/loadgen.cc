@@ -17,15 +17,8 @@
 #include "tls/context.hh"
 #include "tls/session.hh"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
+#include <arpa/inet.h>
 #include <array>
 #include <atomic>
 #include <cerrno>
@@ -36,9 +29,15 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
 #include <string>
 #include <string_view>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <thread>
+#include <unistd.h>
 #include <unordered_map>
 #include <vector>
 
@@ -47,8 +46,8 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 using apprelay::errc;
 
-constexpr std::size_t k_chunk = 16 * 1024;           // one TLS record of plaintext per write
-constexpr std::size_t k_max_pending_out = 256 * 1024; // stop encrypting while the socket lags
+constexpr std::size_t k_chunk = 16 * 1024;             // one TLS record of plaintext per write
+constexpr std::size_t k_max_pending_out = 256 * 1024;  // stop encrypting while the socket lags
 constexpr std::size_t k_max_buffered_in = 1024 * 1024; // stop reading the socket past this
 constexpr std::size_t k_pattern_period = 256;
 constexpr int k_max_events = 256;
@@ -305,8 +304,8 @@ private:
                 std::size_t len = std::min(n - off, k_chunk);
                 if (std::memcmp(buf.data() + off, pattern_at(s.id, s.received + off), len) != 0) {
                     std::size_t bad = 0;
-                    while (bad < len && uint8_t(buf[off + bad]) ==
-                                            pattern_at(s.id, s.received + off)[bad]) {
+                    while (bad < len &&
+                           uint8_t(buf[off + bad]) == pattern_at(s.id, s.received + off)[bad]) {
                         ++bad;
                     }
                     fail(s, "echo mismatch at byte " + std::to_string(s.received + off + bad));
@@ -404,8 +403,8 @@ private:
                 }
                 return;
             }
-            bool progress = s.sent + s.received != before ||
-                            s.tls->pending_output_size() != out_before;
+            bool progress =
+                s.sent + s.received != before || s.tls->pending_output_size() != out_before;
             if (!progress) {
                 break;
             }
@@ -593,9 +592,8 @@ int main(int argc, char** argv) {
                     "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"concurrency\":%llu,\"threads\":%u}\n",
                     (unsigned long long)o.streams, (unsigned long long)total.ok,
                     (unsigned long long)total.failed, (unsigned long long)o.bytes,
-                    (unsigned long long)total.bytes_sent,
-                    (unsigned long long)total.bytes_received, secs, mbps, gbps, sps, p50, p99,
-                    (unsigned long long)o.concurrency, threads);
+                    (unsigned long long)total.bytes_sent, (unsigned long long)total.bytes_received,
+                    secs, mbps, gbps, sps, p50, p99, (unsigned long long)o.concurrency, threads);
     }
     std::fflush(stdout);
     return total.failed == 0 && total.ok == o.streams ? 0 : 1;

@@ -10,8 +10,7 @@
 
 namespace apprelay {
 
-template <class Enum, std::size_t N>
-class counter_block {
+template <class Enum, std::size_t N> class counter_block {
 public:
     void add(Enum e, uint64_t n = 1) noexcept {
         auto& c = _c[static_cast<std::size_t>(e)];
@@ -37,7 +36,7 @@ private:
 #define APPRELAY_COUNTER_NAME_ITEM(name, help) std::string_view{#name},
 #define APPRELAY_COUNTER_HELP_ITEM(name, help) std::string_view{help},
 #define APPRELAY_DECLARE_COUNTERS(NAME, TABLE)                                                     \
-    enum class NAME : uint32_t { TABLE(APPRELAY_COUNTER_ENUM_ITEM) count_ };                      \
-    inline constexpr std::string_view NAME##_names[] = {TABLE(APPRELAY_COUNTER_NAME_ITEM)};       \
-    inline constexpr std::string_view NAME##_help[] = {TABLE(APPRELAY_COUNTER_HELP_ITEM)};        \
+    enum class NAME : uint32_t { TABLE(APPRELAY_COUNTER_ENUM_ITEM) count_ };                       \
+    inline constexpr std::string_view NAME##_names[] = {TABLE(APPRELAY_COUNTER_NAME_ITEM)};        \
+    inline constexpr std::string_view NAME##_help[] = {TABLE(APPRELAY_COUNTER_HELP_ITEM)};         \
     using NAME##_block = ::apprelay::counter_block<NAME, static_cast<std::size_t>(NAME::count_)>;

@@ -60,9 +60,15 @@ void append_value(std::string& out, std::string_view s) {
 }
 } // namespace
 
-void set_level(level l) noexcept { g_level.store(l, std::memory_order_relaxed); }
-level current_level() noexcept { return g_level.load(std::memory_order_relaxed); }
-void set_component(std::string_view c) { g_component = std::string(c); }
+void set_level(level l) noexcept {
+    g_level.store(l, std::memory_order_relaxed);
+}
+level current_level() noexcept {
+    return g_level.load(std::memory_order_relaxed);
+}
+void set_component(std::string_view c) {
+    g_component = std::string(c);
+}
 
 std::string format(level l, std::string_view event, std::initializer_list<field> fields) {
     std::string out;

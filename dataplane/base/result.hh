@@ -19,8 +19,7 @@ struct error {
     constexpr error(errc c, std::string_view d = {}) : code(c), detail(d) {}
 };
 
-template <class T>
-class [[nodiscard]] result {
+template <class T> class [[nodiscard]] result {
 public:
     result(const T& v) : _ok(true) { new (&_value) T(v); }
     result(T&& v) : _ok(true) { new (&_value) T(std::move(v)); }
@@ -84,8 +83,7 @@ private:
     };
 };
 
-template <>
-class [[nodiscard]] result<void> {
+template <> class [[nodiscard]] result<void> {
 public:
     result() = default;
     result(error e) : _error(e) {}
@@ -99,6 +97,8 @@ private:
     error _error{};
 };
 
-inline result<void> ok_result() { return {}; }
+inline result<void> ok_result() {
+    return {};
+}
 
 } // namespace apprelay

@@ -10,6 +10,8 @@ inline uint64_t mono_ns() noexcept {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
 }
-inline uint64_t mono_ms() noexcept { return mono_ns() / 1'000'000ull; }
+inline uint64_t mono_ms() noexcept {
+    return mono_ns() / 1'000'000ull;
+}
 
 } // namespace apprelay

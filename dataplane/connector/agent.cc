@@ -91,7 +91,8 @@ private:
 };
 
 // tunnel_link: one tunnel to one relay worker; reconnects with backoff.
-// States: waiting (backoff) -> connecting -> handshaking -> hello_sent -> ready -> (failure) waiting
+// States: waiting (backoff) -> connecting -> handshaking -> hello_sent -> ready -> (failure)
+// waiting
 class tunnel_link final : public io::sink, public tunnel::mux_handler {
 public:
     tunnel_link(agent* a, uint16_t worker) : _a(a), _worker(worker) {}
@@ -207,8 +208,8 @@ void backend_conn::on_connect(io::conn_id, int res) {
     }
     if (res != 0) {
         _a->counters.add(connector_counter::streams_refused);
-        tunnel::reason r = res == -ECONNREFUSED ? tunnel::reason::refused
-                                                : tunnel::reason::unreachable;
+        tunnel::reason r =
+            res == -ECONNREFUSED ? tunnel::reason::refused : tunnel::reason::unreachable;
         _t->mux()->open_fail(_sid, r,
                              res == -ECONNREFUSED ? "backend refused the connection"
                                                   : "backend unreachable");
@@ -355,8 +356,8 @@ void tunnel_link::mark_dirty() {
 }
 
 void tunnel_link::connect() {
-    auto id = _a->loop->connect(reinterpret_cast<const sockaddr*>(&_a->relay_addr),
-                                _a->relay_len, this);
+    auto id =
+        _a->loop->connect(reinterpret_cast<const sockaddr*>(&_a->relay_addr), _a->relay_len, this);
     if (!id) {
         schedule_retry();
         return;
@@ -368,8 +369,8 @@ void tunnel_link::connect() {
 void tunnel_link::schedule_retry() {
     // Full jitter: uniform in [0, min(cap, base * 2^attempt)] so a relay restart does not see
     // every connector at once.
-    uint64_t ceiling = std::min<uint64_t>(_a->opts.backoff_cap_ms,
-                                          uint64_t(_a->opts.backoff_base_ms) << std::min(_attempt, 20u));
+    uint64_t ceiling = std::min<uint64_t>(
+        _a->opts.backoff_cap_ms, uint64_t(_a->opts.backoff_base_ms) << std::min(_attempt, 20u));
     std::uniform_int_distribution<uint64_t> d(0, ceiling);
     uint64_t delay_ms = d(_a->rng);
     ++_attempt;
@@ -461,7 +462,8 @@ void tunnel_link::on_hello_ack(const tunnel::hello_ack& a) {
     _silence_ns = 3ull * std::max<uint32_t>(a.ping_interval_ms, 100) * 1'000'000ull;
     _a->last_tunnel_ns = _a->now;
     _a->counters.add(connector_counter::tunnels_connected);
-    _a->counters.set(connector_counter::tunnels_up, _a->counters.get(connector_counter::tunnels_up) + 1);
+    _a->counters.set(connector_counter::tunnels_up,
+                     _a->counters.get(connector_counter::tunnels_up) + 1);
     if (_worker == k_any_worker) {
         _worker = a.worker_index;
     }
@@ -607,7 +609,8 @@ void agent::write_stats() {
 int agent::run(const std::atomic<bool>& stop) {
     std::string why;
     if (!resolve(opts.relay, &relay_addr, &relay_len)) {
-        log::error("config_invalid", {{"relay", opts.relay}, {"reason", "cannot resolve HOST:PORT"}});
+        log::error("config_invalid",
+                   {{"relay", opts.relay}, {"reason", "cannot resolve HOST:PORT"}});
         return 2;
     }
     tls::client_options co;
@@ -620,9 +623,8 @@ int agent::run(const std::atomic<bool>& stop) {
         return 2;
     }
     tls_ctx = *ctx;
-    auto l = io::uring_loop::create(io::loop_options{.entries = 1024, .buf_count = 512,
-                                                     .buf_size = 16384},
-                                    &why);
+    auto l = io::uring_loop::create(
+        io::loop_options{.entries = 1024, .buf_count = 512, .buf_size = 16384}, &why);
     if (!l) {
         log::error("io_failed", {{"reason", why}});
         return 2;
@@ -662,8 +664,8 @@ int agent::run(const std::atomic<bool>& stop) {
         if (any_up) {
             last_tunnel_ns = now;
         } else if (now - last_tunnel_ns > uint64_t(opts.give_up_after_ms) * 1'000'000ull) {
-            log::error("giving_up", {{"reason", "no tunnel to the relay"},
-                                     {"after_ms", opts.give_up_after_ms}});
+            log::error("giving_up",
+                       {{"reason", "no tunnel to the relay"}, {"after_ms", opts.give_up_after_ms}});
             code = 3;
             break;
         }

@@ -13,26 +13,26 @@
 namespace apprelay::connector {
 
 #define APPRELAY_CONNECTOR_COUNTERS(X)                                                             \
-    X(tunnels_connected, "tunnels set up (HELLO_ACK received)")                                  \
-    X(tunnel_failures, "tunnel connects, handshakes or sessions that failed")                    \
-    X(tunnels_up, "gauge: tunnels up")                                                           \
-    X(streams_opened, "OPENs accepted (backend connected)")                                      \
-    X(streams_refused, "OPENs refused (backend refused or unreachable, bad target)")             \
-    X(streams_closed, "streams finished cleanly")                                                \
-    X(streams_reset, "streams reset (either side)")                                              \
-    X(bytes_to_backend, "bytes written to backends")                                             \
-    X(bytes_from_backend, "bytes read from backends")                                            \
+    X(tunnels_connected, "tunnels set up (HELLO_ACK received)")                                    \
+    X(tunnel_failures, "tunnel connects, handshakes or sessions that failed")                      \
+    X(tunnels_up, "gauge: tunnels up")                                                             \
+    X(streams_opened, "OPENs accepted (backend connected)")                                        \
+    X(streams_refused, "OPENs refused (backend refused or unreachable, bad target)")               \
+    X(streams_closed, "streams finished cleanly")                                                  \
+    X(streams_reset, "streams reset (either side)")                                                \
+    X(bytes_to_backend, "bytes written to backends")                                               \
+    X(bytes_from_backend, "bytes read from backends")                                              \
     X(protocol_errors, "tunnels closed for a protocol violation by the relay")
 
 APPRELAY_DECLARE_COUNTERS(connector_counter, APPRELAY_CONNECTOR_COUNTERS)
 
 struct agent_options {
-    std::string relay;       // HOST:PORT of the relay's tunnel listener
+    std::string relay; // HOST:PORT of the relay's tunnel listener
     std::string server_name = "relay.apprelay.test";
-    std::string ca_path;     // relay CA
-    std::string cert_path;   // this connector's certificate
+    std::string ca_path;   // relay CA
+    std::string cert_path; // this connector's certificate
     std::string key_path;
-    std::string id;          // this connector's id (must match the relay's record)
+    std::string id; // this connector's id (must match the relay's record)
     std::string version = APPRELAY_VERSION;
     std::string stats_file;
     uint32_t backoff_base_ms = 1000; // full jitter, doubling up to the cap

@@ -28,7 +28,9 @@ send_buffer_pool::~send_buffer_pool() {
     }
 }
 
-tls_transport::~tls_transport() { release(); }
+tls_transport::~tls_transport() {
+    release();
+}
 
 void tls_transport::release() {
     if (_buf != nullptr) {

@@ -5,28 +5,28 @@ namespace apprelay::relay {
 
 // Per-worker relay counters; the control thread sums them for the stats file and /metrics.
 #define APPRELAY_RELAY_COUNTERS(X)                                                                 \
-    X(user_conns_accepted, "user TCP connections accepted")                                      \
-    X(user_tls_failed, "user TLS handshakes that failed (garbage, plaintext, bad hello)")         \
-    X(user_unknown_sni, "user handshakes refused: no application for the SNI")                   \
-    X(user_handshake_timeouts, "user connections closed: TLS handshake not done in time")         \
-    X(streams_opened, "streams opened towards a connector")                                      \
-    X(streams_failed_no_connector, "user sessions refused: the app's group has no live tunnel")   \
-    X(streams_failed_limit, "user sessions refused: tunnel stream limit")                        \
-    X(streams_failed_backend, "streams refused by the connector (OPEN_FAIL)")                    \
-    X(streams_closed, "streams finished cleanly in both directions")                             \
-    X(streams_reset, "streams ended by a reset (either side, tunnel loss)")                      \
-    X(bytes_user_to_backend, "plaintext bytes from users into tunnels")                          \
-    X(bytes_backend_to_user, "plaintext bytes from tunnels to users")                            \
-    X(tunnels_accepted, "tunnel TCP connections accepted")                                       \
-    X(tunnel_tls_failed, "tunnel TLS handshakes that failed")                                    \
-    X(tunnel_cert_rejected, "tunnel client certificates that failed verification")              \
-    X(tunnel_unknown_connector, "verified tunnel certificates that match no connector")          \
-    X(tunnel_protocol_errors, "tunnels closed for a protocol violation")                         \
-    X(tunnel_ping_timeouts, "tunnels closed: the connector stopped answering (PING deadline)")   \
-    X(tunnels_handed_off, "tunnels moved to the worker they asked for, at setup")                \
-    X(tunnels_closed, "tunnels closed (any reason)")                                             \
-    X(tunnels_up, "gauge: tunnels ready on this worker")                                         \
-    X(user_recv_paused, "times a user's receive was paused for lack of tunnel credit")           \
+    X(user_conns_accepted, "user TCP connections accepted")                                        \
+    X(user_tls_failed, "user TLS handshakes that failed (garbage, plaintext, bad hello)")          \
+    X(user_unknown_sni, "user handshakes refused: no application for the SNI")                     \
+    X(user_handshake_timeouts, "user connections closed: TLS handshake not done in time")          \
+    X(streams_opened, "streams opened towards a connector")                                        \
+    X(streams_failed_no_connector, "user sessions refused: the app's group has no live tunnel")    \
+    X(streams_failed_limit, "user sessions refused: tunnel stream limit")                          \
+    X(streams_failed_backend, "streams refused by the connector (OPEN_FAIL)")                      \
+    X(streams_closed, "streams finished cleanly in both directions")                               \
+    X(streams_reset, "streams ended by a reset (either side, tunnel loss)")                        \
+    X(bytes_user_to_backend, "plaintext bytes from users into tunnels")                            \
+    X(bytes_backend_to_user, "plaintext bytes from tunnels to users")                              \
+    X(tunnels_accepted, "tunnel TCP connections accepted")                                         \
+    X(tunnel_tls_failed, "tunnel TLS handshakes that failed")                                      \
+    X(tunnel_cert_rejected, "tunnel client certificates that failed verification")                 \
+    X(tunnel_unknown_connector, "verified tunnel certificates that match no connector")            \
+    X(tunnel_protocol_errors, "tunnels closed for a protocol violation")                           \
+    X(tunnel_ping_timeouts, "tunnels closed: the connector stopped answering (PING deadline)")     \
+    X(tunnels_handed_off, "tunnels moved to the worker they asked for, at setup")                  \
+    X(tunnels_closed, "tunnels closed (any reason)")                                               \
+    X(tunnels_up, "gauge: tunnels ready on this worker")                                           \
+    X(user_recv_paused, "times a user's receive was paused for lack of tunnel credit")             \
     X(user_conns_open, "gauge: user connections open on this worker")
 
 APPRELAY_DECLARE_COUNTERS(relay_counter, APPRELAY_RELAY_COUNTERS)

@@ -43,8 +43,9 @@ public:
     user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
         : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool), _accepted_ns(w->_now) {
         // Slowloris bound: the TLS handshake must finish in time.
-        _w->_wheel->schedule(_timer, _w->_now + uint64_t(_w->_shared.snap->limits.handshake_timeout_ms) *
-                                                    1'000'000ull);
+        _w->_wheel->schedule(_timer,
+                             _w->_now + uint64_t(_w->_shared.snap->limits.handshake_timeout_ms) *
+                                            1'000'000ull);
     }
 
     void on_recv(io::conn_id, std::span<const std::byte> data) override;
@@ -136,7 +137,9 @@ public:
     void drain();
     bool drained() const { return _state == state::draining && _streams.empty() && _tx.idle(); }
     uint16_t handoff_target() const { return _target_worker; }
-    bool handshaking() const { return _state == state::handshaking || _state == state::await_hello; }
+    bool handshaking() const {
+        return _state == state::handshaking || _state == state::await_hello;
+    }
     uint64_t accepted_ns() const { return _accepted_ns; }
     std::size_t stream_count() const { return _streams.size(); }
     uint32_t group() const { return _group; }
@@ -249,9 +252,8 @@ void user_conn::start_stream() {
     auto sid = t->open_stream(this, app);
     if (!sid) {
         _w->_counters.add(relay_counter::streams_failed_limit);
-        log::info("stream_refused", {{"worker", _w->_index},
-                                     {"app", app.name},
-                                     {"reason", to_string(sid.code())}});
+        log::info("stream_refused",
+                  {{"worker", _w->_index}, {"app", app.name}, {"reason", to_string(sid.code())}});
         close_now(true);
         return;
     }
@@ -422,8 +424,8 @@ tunnel_conn::tunnel_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session
     : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool),
       _mux(tunnel::role::relay, mux_limits_from(w->_shared.snap->limits), *this),
       _accepted_ns(w->_now) {
-    _w->_wheel->schedule(_timer, _w->_now + uint64_t(_w->_shared.snap->limits.handshake_timeout_ms) *
-                                                1'000'000ull);
+    _w->_wheel->schedule(
+        _timer, _w->_now + uint64_t(_w->_shared.snap->limits.handshake_timeout_ms) * 1'000'000ull);
 }
 
 void tunnel_conn::tick() {
@@ -565,7 +567,9 @@ void tunnel_conn::send_hello_ack() {
     _w->mark_dirty(this);
 }
 
-void tunnel_conn::on_detached(io::conn_id, int fd) { _w->handoff(this, fd); }
+void tunnel_conn::on_detached(io::conn_id, int fd) {
+    _w->handoff(this, fd);
+}
 
 void tunnel_conn::drain() {
     if (_state != state::ready) {
@@ -697,8 +701,8 @@ void tunnel_conn::on_sent(io::conn_id, int res) {
 }
 
 void tunnel_conn::on_recv_end(io::conn_id, int res) {
-    fail(relay_counter::tunnels_closed, res == 0 ? "connector closed the connection"
-                                                 : "connection to connector failed");
+    fail(relay_counter::tunnels_closed,
+         res == 0 ? "connector closed the connection" : "connection to connector failed");
 }
 
 void tunnel_conn::goaway(std::string_view why) {
@@ -735,8 +739,9 @@ void tunnel_conn::fail(relay_counter counter, std::string_view why) {
     const auto& snap = *_w->_shared.snap;
     log::info("tunnel_down",
               {{"worker", _w->_index},
-               {"connector", _connector >= 0 ? std::string_view(snap.connectors[std::size_t(_connector)].id)
-                                             : std::string_view("unidentified")},
+               {"connector", _connector >= 0
+                                 ? std::string_view(snap.connectors[std::size_t(_connector)].id)
+                                 : std::string_view("unidentified")},
                {"reason", why},
                {"streams", _streams.size()}});
     if (was_ready) {
@@ -1027,8 +1032,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         _now = mono_ns();
         if (stop.load(std::memory_order_relaxed) && !_draining) {
             begin_drain();
-            drain_deadline =
-                _now + uint64_t(_shared.snap->limits.drain_deadline_ms) * 1'000'000ull;
+            drain_deadline = _now + uint64_t(_shared.snap->limits.drain_deadline_ms) * 1'000'000ull;
         }
         if (_draining) {
             drain_step(_now >= drain_deadline);

@@ -49,8 +49,7 @@ public:
         _user_listen_fd = user_fd;
         _tunnel_listen_fd = tunnel_fd;
     }
-    void set_peers(std::vector<worker*> peers,
-                   std::vector<core::spsc_ring<handoff_msg>*> inbound,
+    void set_peers(std::vector<worker*> peers, std::vector<core::spsc_ring<handoff_msg>*> inbound,
                    std::vector<core::spsc_ring<handoff_msg>*> outbound);
 
     // The thread body. Returns when stop is requested and drained (or the drain deadline passed).
@@ -103,11 +102,11 @@ private:
     // Ready tunnels by group index (routing table of this worker).
     std::vector<std::vector<tunnel_conn*>> _by_group;
     std::vector<tunnel_conn*> _dirty;
-    std::vector<tunnel_conn*> _tunnels;       // every live tunnel (for shutdown)
-    std::vector<user_conn*> _users;           // every live user connection
-    std::vector<tunnel_conn*> _dead_tunnels;  // freed at the end of the iteration
+    std::vector<tunnel_conn*> _tunnels;      // every live tunnel (for shutdown)
+    std::vector<user_conn*> _users;          // every live user connection
+    std::vector<tunnel_conn*> _dead_tunnels; // freed at the end of the iteration
     std::vector<user_conn*> _dead_users;
-    std::vector<std::byte> _scratch;          // plaintext: decrypt target and frame assembly
+    std::vector<std::byte> _scratch; // plaintext: decrypt target and frame assembly
     bool _draining = false;
     uint64_t _now = 0;
 };

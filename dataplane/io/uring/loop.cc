@@ -69,8 +69,7 @@ uring_loop::~uring_loop() {
     }
 }
 
-result<std::unique_ptr<uring_loop>> uring_loop::create(const loop_options& opts,
-                                                       std::string* why) {
+result<std::unique_ptr<uring_loop>> uring_loop::create(const loop_options& opts, std::string* why) {
     std::unique_ptr<uring_loop> l(new uring_loop());
     auto r = l->init(opts, why);
     if (!r) {
@@ -98,7 +97,8 @@ result<void> uring_loop::init(const loop_options& opts, std::string* why) {
     _buf_count = opts.buf_count;
     _buf_size = opts.buf_size;
     _br_bytes = std::size_t(_buf_count) * sizeof(io_uring_buf);
-    void* mem = mmap(nullptr, _br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    void* mem =
+        mmap(nullptr, _br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (mem == MAP_FAILED) {
         *why = std::string("mmap buffer ring: ") + std::strerror(errno);
         return errc::no_memory;

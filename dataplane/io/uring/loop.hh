@@ -22,9 +22,9 @@ struct io_uring_buf_ring;
 namespace apprelay::io {
 
 struct loop_options {
-    unsigned entries = 4096;    // SQ size; CQ is 2x
-    unsigned buf_count = 1024;  // provided receive buffers (power of two)
-    unsigned buf_size = 16384;  // one TLS record fits; 16 MiB per worker in all
+    unsigned entries = 4096;   // SQ size; CQ is 2x
+    unsigned buf_count = 1024; // provided receive buffers (power of two)
+    unsigned buf_size = 16384; // one TLS record fits; 16 MiB per worker in all
 };
 
 struct loop_stats {

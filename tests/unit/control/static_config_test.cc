@@ -29,8 +29,10 @@ protected:
         lo.client = true;
         auto c1 = tls::issue_leaf(*ca, lo, &why);
         ASSERT_TRUE(c1.ok()) << why;
-        ASSERT_TRUE(tls::write_pem_file((_dir / "ca.crt").string(), ca->cert_pem, false, &why).ok());
-        ASSERT_TRUE(tls::write_pem_file((_dir / "c1.crt").string(), c1->cert_pem, false, &why).ok());
+        ASSERT_TRUE(
+            tls::write_pem_file((_dir / "ca.crt").string(), ca->cert_pem, false, &why).ok());
+        ASSERT_TRUE(
+            tls::write_pem_file((_dir / "c1.crt").string(), c1->cert_pem, false, &why).ok());
     }
     void TearDown() override { std::filesystem::remove_all(_dir); }
 
@@ -62,8 +64,8 @@ cert = "c1.crt"
     static std::string app(const std::string& group, const std::string& backend = "127.0.0.1:9000",
                            const std::string& host = "web.contoso.test") {
         return "[[apps]]\ntenant = \"contoso\"\nname = \"web\"\nhostname = \"" + host +
-               "\"\ncert = \"w.crt\"\nkey = \"w.key\"\nbackend = \"" + backend +
-               "\"\ngroup = \"" + group + "\"\n";
+               "\"\ncert = \"w.crt\"\nkey = \"w.key\"\nbackend = \"" + backend + "\"\ngroup = \"" +
+               group + "\"\n";
     }
 
     std::filesystem::path _dir;
@@ -101,23 +103,23 @@ TEST_F(static_config, refuses_an_app_in_a_group_that_does_not_exist) {
 TEST_F(static_config, refuses_a_backend_that_is_not_host_port) {
     control::loaded_config cfg;
     std::string why;
-    EXPECT_FALSE(
-        control::load_static_config(write(base() + app("site-a", "no-port")), &cfg, &why));
+    EXPECT_FALSE(control::load_static_config(write(base() + app("site-a", "no-port")), &cfg, &why));
     EXPECT_NE(why.find("apps[0].backend"), std::string::npos) << why;
 }
 
 TEST_F(static_config, refuses_two_apps_with_one_hostname) {
     control::loaded_config cfg;
     std::string why;
-    EXPECT_FALSE(control::load_static_config(write(base() + app("site-a") + app("site-a")), &cfg,
-                                             &why));
+    EXPECT_FALSE(
+        control::load_static_config(write(base() + app("site-a") + app("site-a")), &cfg, &why));
     EXPECT_NE(why.find("already used by app 'web'"), std::string::npos) << why;
 }
 
 TEST_F(static_config, refuses_a_connector_of_an_unknown_tenant) {
     control::loaded_config cfg;
     std::string why;
-    std::string body = base() + "[[connectors]]\ntenant = \"fabrikam\"\nid = \"c9\"\ncert = \"c1.crt\"\n";
+    std::string body =
+        base() + "[[connectors]]\ntenant = \"fabrikam\"\nid = \"c9\"\ncert = \"c1.crt\"\n";
     EXPECT_FALSE(control::load_static_config(write(body), &cfg, &why));
     EXPECT_NE(why.find("connectors[1].tenant: no tenant 'fabrikam'"), std::string::npos) << why;
 }
@@ -125,7 +127,8 @@ TEST_F(static_config, refuses_a_connector_of_an_unknown_tenant) {
 TEST_F(static_config, refuses_a_connector_certificate_that_cannot_be_read) {
     control::loaded_config cfg;
     std::string why;
-    std::string body = base() + "[[connectors]]\ntenant = \"contoso\"\nid = \"c2\"\ncert = \"nope.crt\"\n";
+    std::string body =
+        base() + "[[connectors]]\ntenant = \"contoso\"\nid = \"c2\"\ncert = \"nope.crt\"\n";
     EXPECT_FALSE(control::load_static_config(write(body), &cfg, &why));
     EXPECT_NE(why.find("connectors[1].cert"), std::string::npos) << why;
 }
@@ -140,7 +143,7 @@ TEST_F(static_config, refuses_syntax_errors_with_the_line) {
 TEST_F(static_config, refuses_a_zero_handshake_timeout) {
     control::loaded_config cfg;
     std::string why;
-    EXPECT_FALSE(control::load_static_config(
-        write(base() + "[limits]\nhandshake_timeout_ms = 0\n"), &cfg, &why));
+    EXPECT_FALSE(control::load_static_config(write(base() + "[limits]\nhandshake_timeout_ms = 0\n"),
+                                             &cfg, &why));
     EXPECT_NE(why.find("handshake_timeout_ms"), std::string::npos) << why;
 }

@@ -7,8 +7,10 @@ using namespace apprelay;
 TEST(log, formats_logfmt_with_quoting) {
     log::set_component("test");
     std::string line = log::format(log::level::warn, "tunnel_down",
-                                   {{"tunnel", 7}, {"reason", "frame length 70000 exceeds max"},
-                                    {"ok", false}, {"quote", "a\"b"}});
+                                   {{"tunnel", 7},
+                                    {"reason", "frame length 70000 exceeds max"},
+                                    {"ok", false},
+                                    {"quote", "a\"b"}});
     EXPECT_NE(line.find(" level=warn comp=test event=tunnel_down tunnel=7 "), std::string::npos)
         << line;
     EXPECT_NE(line.find("reason=\"frame length 70000 exceeds max\""), std::string::npos) << line;

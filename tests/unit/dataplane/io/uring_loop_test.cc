@@ -49,8 +49,7 @@ struct recorder : sink {
     void on_sent(conn_id, int res) override { sent.push_back(res); }
 };
 
-template <class Pred>
-bool run_until(uring_loop& l, Pred p, int max_iters = 400) {
+template <class Pred> bool run_until(uring_loop& l, Pred p, int max_iters = 400) {
     for (int i = 0; i < max_iters && !p(); ++i) {
         l.run_once(5'000'000);
     }
@@ -59,8 +58,8 @@ bool run_until(uring_loop& l, Pred p, int max_iters = 400) {
 
 std::unique_ptr<uring_loop> make_loop() {
     std::string why;
-    auto l = uring_loop::create(loop_options{.entries = 256, .buf_count = 64, .buf_size = 4096},
-                                &why);
+    auto l =
+        uring_loop::create(loop_options{.entries = 256, .buf_count = 64, .buf_size = 4096}, &why);
     EXPECT_TRUE(l.ok()) << why;
     return std::move(*l);
 }
@@ -79,7 +78,8 @@ TEST(uring_loop, accepts_connects_and_moves_bytes_in_order) {
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     auto cid = loop->connect(reinterpret_cast<sockaddr*>(&a), sizeof a, &client);
     ASSERT_TRUE(cid.ok());
-    ASSERT_TRUE(run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
+    ASSERT_TRUE(
+        run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
     auto sid = loop->adopt(server.accepted[0], &server);
     ASSERT_TRUE(sid.ok());
     loop->start_recv(*sid);
@@ -142,14 +142,16 @@ TEST(uring_loop, paused_receive_delivers_nothing_until_resumed) {
     a.sin_port = htons(port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     auto cid = loop->connect(reinterpret_cast<sockaddr*>(&a), sizeof a, &client);
-    ASSERT_TRUE(run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
+    ASSERT_TRUE(
+        run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
     auto sid = loop->adopt(server.accepted[0], &server);
     loop->start_recv(*sid);
     loop->pause_recv(*sid);
     loop->run_once(0);
     const char msg[] = "hello";
     ASSERT_TRUE(loop->send(*cid, std::as_bytes(std::span(msg, 5))));
-    run_until(*loop, [&] { return false; }, 20); // 100 ms of loop time
+    run_until(
+        *loop, [&] { return false; }, 20); // 100 ms of loop time
     EXPECT_EQ(server.received, "");
     loop->start_recv(*sid);
     ASSERT_TRUE(run_until(*loop, [&] { return server.received == "hello"; }));
@@ -166,7 +168,8 @@ TEST(uring_loop, abortive_close_resets_the_peer) {
     a.sin_port = htons(port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     auto cid = loop->connect(reinterpret_cast<sockaddr*>(&a), sizeof a, &client);
-    ASSERT_TRUE(run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
+    ASSERT_TRUE(
+        run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
     auto sid = loop->adopt(server.accepted[0], &server);
     loop->start_recv(*cid);
     loop->close(*sid, /*abort=*/true);

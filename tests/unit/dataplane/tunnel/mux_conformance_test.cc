@@ -3,8 +3,8 @@
 //   tunnel: receive() returns the errc (the owner then sends GOAWAY goaway_reason(errc), closes)
 //   stream: receive() is ok and the mux queued an RST with the reason on that stream id
 //   none:   receive() is ok and no RST was queued
-#include "tests/unit/dataplane/tunnel/wire.hh"
 #include "dataplane/tunnel/mux.hh"
+#include "tests/unit/dataplane/tunnel/wire.hh"
 
 #include <cstring>
 #include <functional>

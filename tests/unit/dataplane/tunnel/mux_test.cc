@@ -1,5 +1,5 @@
-#include "tests/unit/dataplane/tunnel/wire.hh"
 #include "dataplane/tunnel/mux.hh"
+#include "tests/unit/dataplane/tunnel/wire.hh"
 
 #include <algorithm>
 #include <cstring>
