@@ -41,11 +41,10 @@ void set_nodelay(int fd) {
 class user_conn final : public io::sink {
 public:
     user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
-        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool), _accepted_ns(w->_now) {
+        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool) {
         // Slowloris bound: the TLS handshake must finish in time.
         _w->_wheel->schedule(_timer,
-                             _w->_now + uint64_t(_w->_shared.snap->limits.handshake_timeout_ms) *
-                                            1'000'000ull);
+                             _w->ms_from_now(_w->_shared.snap->limits.handshake_timeout_ms));
     }
 
     void on_recv(io::conn_id, std::span<const std::byte> data) override;
@@ -58,13 +57,8 @@ public:
     void stream_closed();
     void abort(relay_counter why);
     std::size_t pull(std::span<std::byte> dst);
-    void detach_from_tunnel() {
-        _t = nullptr;
-        _sid = 0;
-    }
 
     bool handshaking() const { return _state == state::handshaking; }
-    uint64_t accepted_ns() const { return _accepted_ns; }
     std::size_t pos = 0; // index in worker::_users
 
 private:
@@ -89,8 +83,7 @@ private:
     state _state = state::handshaking;
     tunnel_conn* _t = nullptr;
     uint32_t _sid = 0;
-    uint64_t _unacked = 0; // bytes from the tunnel not yet credited back
-    uint64_t _accepted_ns;
+    uint64_t _unacked = 0;       // bytes from the tunnel not yet credited back
     bool _eof_from_user = false; // close_notify or TCP FIN: FIN owed to the tunnel
     bool _fin_from_tunnel = false;
     bool _stream_done = false;
@@ -137,10 +130,6 @@ public:
     void drain();
     bool drained() const { return _state == state::draining && _streams.empty() && _tx.idle(); }
     uint16_t handoff_target() const { return _target_worker; }
-    bool handshaking() const {
-        return _state == state::handshaking || _state == state::await_hello;
-    }
-    uint64_t accepted_ns() const { return _accepted_ns; }
     std::size_t stream_count() const { return _streams.size(); }
     uint32_t group() const { return _group; }
     int32_t connector() const { return _connector; }
@@ -166,7 +155,6 @@ private:
     int32_t _connector = -1;
     uint32_t _group = 0;
     uint16_t _target_worker = 0;
-    uint64_t _accepted_ns;
     std::unordered_map<uint32_t, user_conn*> _streams;
     io::tunnel_pending _pending{{}, {}, "user connection closed"};
     bool _handoff_pending = false;
@@ -422,10 +410,8 @@ tunnel::mux_limits mux_limits_from(const relay_limits& l) {
 
 tunnel_conn::tunnel_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
     : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool),
-      _mux(tunnel::role::relay, mux_limits_from(w->_shared.snap->limits), *this),
-      _accepted_ns(w->_now) {
-    _w->_wheel->schedule(
-        _timer, _w->_now + uint64_t(_w->_shared.snap->limits.handshake_timeout_ms) * 1'000'000ull);
+      _mux(tunnel::role::relay, mux_limits_from(w->_shared.snap->limits), *this) {
+    _w->_wheel->schedule(_timer, _w->ms_from_now(_w->_shared.snap->limits.handshake_timeout_ms));
 }
 
 void tunnel_conn::tick() {
@@ -445,7 +431,7 @@ void tunnel_conn::tick() {
     }
     _mux.ping(_w->_now);
     _w->mark_dirty(this);
-    _w->_wheel->schedule(_timer, _w->_now + uint64_t(lim.ping_interval_ms) * 1'000'000ull);
+    _w->_wheel->schedule(_timer, _w->ms_from_now(lim.ping_interval_ms));
 }
 
 void tunnel_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
@@ -559,7 +545,7 @@ void tunnel_conn::send_hello_ack() {
     _mux.send_hello_ack(a);
     _state = state::ready;
     _last_rx = _w->_now;
-    _w->_wheel->schedule(_timer, _w->_now + uint64_t(snap.limits.ping_interval_ms) * 1'000'000ull);
+    _w->_wheel->schedule(_timer, _w->ms_from_now(snap.limits.ping_interval_ms));
     _w->tunnel_ready(this);
     log::info("tunnel_up", {{"worker", _w->_index},
                             {"connector", snap.connectors[std::size_t(_connector)].id},
@@ -585,7 +571,6 @@ void tunnel_conn::drain() {
 void tunnel_conn::adopt_on(worker* w, io::conn_id id) {
     _w = w;
     _tx.rebind(w->_loop.get(), id, &w->_pool);
-    _accepted_ns = w->_now;
     w->_loop->start_recv(id);
     send_hello_ack();
     // Bytes that arrived during the hand-over are already inside the TLS session.
@@ -1032,7 +1017,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         _now = mono_ns();
         if (stop.load(std::memory_order_relaxed) && !_draining) {
             begin_drain();
-            drain_deadline = _now + uint64_t(_shared.snap->limits.drain_deadline_ms) * 1'000'000ull;
+            drain_deadline = ms_from_now(_shared.snap->limits.drain_deadline_ms);
         }
         if (_draining) {
             drain_step(_now >= drain_deadline);

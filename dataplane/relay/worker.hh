@@ -79,6 +79,7 @@ private:
     void handoff(tunnel_conn* t, int fd);
     void bury(tunnel_conn* t);
     void bury(user_conn* u);
+    uint64_t ms_from_now(uint32_t ms) const noexcept { return _now + uint64_t(ms) * 1'000'000ull; }
     void begin_drain();
     void drain_step(bool deadline_passed);
 
