@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
+#include <unordered_map>
 
 namespace apprelay::control {
 namespace {
@@ -100,8 +101,31 @@ bool write_atomically(const std::string& path, const std::string& text) {
     return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
+// Live tunnels per connector id and the version each reported, from the workers' events.
+struct connector_live {
+    uint32_t tunnels = 0;
+    std::string version;
+};
+using live_map = std::unordered_map<std::string, connector_live>;
+
+void drain_events(const std::vector<std::unique_ptr<relay::worker>>& workers, live_map* live) {
+    for (const auto& w : workers) {
+        relay::tunnel_event e;
+        while (w->events().try_pop(e)) {
+            auto& c = (*live)[e.connector_id];
+            if (e.what == relay::tunnel_event::kind::up) {
+                ++c.tunnels;
+                c.version = e.version;
+            } else if (c.tunnels > 0) {
+                --c.tunnels;
+            }
+        }
+    }
+}
+
 std::string stats_json(const relay::snapshot& snap,
-                       const std::vector<std::unique_ptr<relay::worker>>& workers) {
+                       const std::vector<std::unique_ptr<relay::worker>>& workers,
+                       const live_map& live) {
     nlohmann::json j;
     nlohmann::json counters = nlohmann::json::object();
     for (std::size_t i = 0; i < std::size_t(relay::relay_counter::count_); ++i) {
@@ -115,10 +139,8 @@ std::string stats_json(const relay::snapshot& snap,
     j["tunnels_up"] = counters["tunnels_up"];
     nlohmann::json conns = nlohmann::json::object();
     for (std::size_t c = 0; c < snap.connectors.size(); ++c) {
-        uint32_t n = 0;
-        for (const auto& w : workers) {
-            n += w->tunnels_of(uint32_t(c));
-        }
+        auto it = live.find(snap.connectors[c].id);
+        uint32_t n = it == live.end() ? 0 : it->second.tunnels;
         conns[snap.connectors[c].id] = {{"tunnels", n},
                                         {"group", snap.groups[snap.connectors[c].group].name},
                                         {"status", n > 0 ? "active" : "inactive"}};
@@ -196,14 +218,14 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
         return 2;
     }
 
-    relay::worker_shared shared;
-    shared.snap = cfg.snap;
-    shared.user_tls = *user_tls;
-    shared.tunnel_tls = *tunnel_tls;
-    shared.worker_count = uint16_t(n);
+    auto first = std::make_unique<relay::relay_config>();
+    first->snap = cfg.snap;
+    first->user_tls = *user_tls;
+    first->tunnel_tls = *tunnel_tls;
+    relay::config_cell cell(n, std::move(first));
     std::vector<std::unique_ptr<relay::worker>> workers;
     for (std::size_t i = 0; i < n; ++i) {
-        workers.push_back(std::make_unique<relay::worker>(uint16_t(i), shared));
+        workers.push_back(std::make_unique<relay::worker>(uint16_t(i), uint16_t(n), &cell));
         workers.back()->set_listeners(user_fds[i], tunnel_fds[i]);
     }
     // Hand-over rings: one per ordered pair of workers.
@@ -260,10 +282,13 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
                             {"workers", n}};
         write_atomically(opts.ready_file, r.dump());
     }
+    live_map live;
     while (!stop.load() && failed.load() == 0) {
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        drain_events(workers, &live);
+        cell.reclaim();
         if (!opts.stats_file.empty()) {
-            write_atomically(opts.stats_file, stats_json(*cfg.snap, workers));
+            write_atomically(opts.stats_file, stats_json(*cfg.snap, workers, live));
         }
     }
     log::info("stopping", {{"reason", failed.load() ? "worker failed" : "signal"}});
@@ -274,8 +299,9 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     for (auto& t : threads) {
         t.join();
     }
+    drain_events(workers, &live);
     if (!opts.stats_file.empty()) {
-        write_atomically(opts.stats_file, stats_json(*cfg.snap, workers));
+        write_atomically(opts.stats_file, stats_json(*cfg.snap, workers, live));
     }
     for (int fd : user_fds) {
         ::close(fd);

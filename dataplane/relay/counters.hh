@@ -23,6 +23,11 @@ namespace apprelay::relay {
     X(tunnel_unknown_connector, "verified tunnel certificates that match no connector")            \
     X(tunnel_protocol_errors, "tunnels closed for a protocol violation")                           \
     X(tunnel_ping_timeouts, "tunnels closed: the connector stopped answering (PING deadline)")     \
+    X(tunnel_revoked, "tunnels closed: the connector was deleted (certificate revoked)")          \
+    X(tunnel_version_refused, "tunnels refused at HELLO: connector older than the minimum")      \
+    X(tunnels_moved, "tunnels drained: the connector was moved to another group")              \
+    X(configs_sent, "CONFIG frames sent to connectors")                                            \
+    X(config_updates, "configuration snapshots applied by this worker")                           \
     X(tunnels_handed_off, "tunnels moved to the worker they asked for, at setup")                  \
     X(tunnels_closed, "tunnels closed (any reason)")                                               \
     X(tunnels_up, "gauge: tunnels ready on this worker")                                           \

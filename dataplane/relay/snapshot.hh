@@ -1,9 +1,11 @@
 #pragma once
 // The relay's configuration as the workers see it: immutable once published. Built by the
-// control thread (today from the static config file, control/static_config.cc) and read by
-// workers without locks.
+// control thread from the store and read by workers without locks through an RCU cell
+// (dataplane/core/rcu_cell.hh). Indices are only meaningful within one snapshot: anything a
+// worker keeps across snapshots is keyed by connector fingerprint or app hostname.
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -24,6 +26,10 @@ struct connector_entry {
     uint32_t group = 0; // index into groups; same tenant by construction
     std::string id;
     std::string fingerprint; // SHA-256 of the certificate DER, lowercase hex
+    std::string name;
+    // CONFIG frame body for this connector (JSON: version, tenant, group, allowed backends),
+    // encoded by the control thread; the worker only sends it.
+    std::string config_body;
 };
 
 struct app_entry {
@@ -34,6 +40,9 @@ struct app_entry {
     std::string cert_path;
     std::string key_path;
     std::string backend; // host:port, opened by the connector
+    uint16_t listen_port = 0;
+    bool user_cert_required = false;              // access: user-cert (else passthrough)
+    std::vector<std::string> allowed_user_groups; // subject OU values of the user certificate
 };
 
 struct relay_limits {
@@ -44,6 +53,8 @@ struct relay_limits {
     uint32_t ping_timeout_ms = 3000; // no bytes from a connector for this long: tunnel dead
     uint32_t handshake_timeout_ms = 10'000;
     uint32_t drain_deadline_ms = 30'000;
+    uint32_t config_refresh_ms = 120'000; // CONFIG re-sent to every tunnel this often
+    uint32_t open_retries = 2; // an OPEN refused before any byte moved is retried this often
 };
 
 struct snapshot {
@@ -53,9 +64,13 @@ struct snapshot {
     std::vector<connector_entry> connectors;
     std::vector<app_entry> apps;
     std::unordered_map<std::string, uint32_t> connector_by_fingerprint;
+    std::unordered_map<std::string, uint32_t> app_by_hostname; // lowercase hostname -> app
     relay_limits limits;
     std::string latest_connector_version = "0.1.0";
     std::string min_connector_version = "0.1.0";
 };
+
+// -1, 0, 1 comparing dotted numeric versions ("0.10.2" > "0.9"); a non-numeric part compares as 0.
+int compare_versions(std::string_view a, std::string_view b) noexcept;
 
 } // namespace apprelay::relay

@@ -28,6 +28,16 @@ constexpr uint64_t k_max_wait_ns = 50'000'000;
 // Timer resolution: liveness and handshake deadlines are seconds; 10 ms ticks are plenty.
 constexpr uint64_t k_timer_tick_ns = 10'000'000;
 
+std::string lowercase(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) {
+        if (c >= 'A' && c <= 'Z') {
+            c = char(c - 'A' + 'a');
+        }
+    }
+    return out;
+}
+
 void set_nodelay(int fd) {
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -43,8 +53,7 @@ public:
     user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
         : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool) {
         // Slowloris bound: the TLS handshake must finish in time.
-        _w->_wheel->schedule(_timer,
-                             _w->ms_from_now(_w->_shared.snap->limits.handshake_timeout_ms));
+        _w->_wheel->schedule(_timer, _w->ms_from_now(_w->snap().limits.handshake_timeout_ms));
     }
 
     void on_recv(io::conn_id, std::span<const std::byte> data) override;
@@ -123,9 +132,15 @@ public:
     void service();
     void adopt_on(worker* w, io::conn_id id);
     void fail(relay_counter counter, std::string_view why);
-    void goaway(std::string_view why);
+    void goaway(tunnel::reason code, std::string_view why);
+    // A new snapshot is in place: re-resolve identity; close if revoked, drain if moved, and send
+    // the connector its new CONFIG.
+    void reconfigure();
+    bool routed = false; // in worker::_by_group (ready and not draining)
 
     bool ready() const { return _state == state::ready; }
+    const std::string& connector_id() const { return _connector_id; }
+    const std::string& version() const { return _version; }
     // Relay stopping: GOAWAY now, no new streams here, streams in flight go on.
     void drain();
     bool drained() const { return _state == state::draining && _streams.empty() && _tx.idle(); }
@@ -144,6 +159,8 @@ private:
     void tick();
     void after_handshake();
     void send_hello_ack();
+    void send_config(bool force);
+    void drain_with(tunnel::reason code, std::string_view why);
     void close_all_streams();
 
     worker* _w;
@@ -152,9 +169,18 @@ private:
     core::timer _timer{&tunnel_conn::on_timer, this};
     uint64_t _last_rx = 0; // last bytes from the connector (PONGs at least, when healthy)
     state _state = state::handshaking;
+    // Identity: from the verified certificate; the indices below are into the current snapshot
+    // and re-resolved by reconfigure() whenever a new one is applied.
+    std::string _fingerprint;
+    std::string _connector_id;
+    std::string _group_key;   // "tenant/group": a change means the connector was moved
+    std::string _version;     // from HELLO
+    std::string _config_sent; // last CONFIG body sent
+    uint64_t _config_sent_ns = 0;
     int32_t _connector = -1;
     uint32_t _group = 0;
     uint16_t _target_worker = 0;
+    tunnel::reason _violation_reason = tunnel::reason::protocol_error;
     std::unordered_map<uint32_t, user_conn*> _streams;
     io::tunnel_pending _pending{{}, {}, "user connection closed"};
     bool _handoff_pending = false;
@@ -219,14 +245,19 @@ void user_conn::handshake() {
 
 void user_conn::start_stream() {
     _w->_wheel->cancel(_timer);
-    const auto& snap = *_w->_shared.snap;
-    int64_t idx = _tx.tls().sni_index();
-    if (idx < 0 || std::size_t(idx) >= snap.apps.size()) {
+    const auto& snap = _w->snap();
+    // By name in the current snapshot, not by the index the TLS context was built with: the
+    // configuration may have changed during the handshake (the app deleted or moved).
+    auto found = snap.app_by_hostname.find(lowercase(_tx.tls().sni()));
+    if (found == snap.app_by_hostname.end()) {
         _w->_counters.add(relay_counter::user_unknown_sni);
+        log::info(
+            "user_refused",
+            {{"worker", _w->_index}, {"reason", "unknown application"}, {"sni", _tx.tls().sni()}});
         close_now(true);
         return;
     }
-    const app_entry& app = snap.apps[std::size_t(idx)];
+    const app_entry& app = snap.apps[found->second];
     tunnel_conn* t = _w->pick_tunnel(app.group);
     if (t == nullptr) {
         _w->_counters.add(relay_counter::streams_failed_no_connector);
@@ -410,12 +441,12 @@ tunnel::mux_limits mux_limits_from(const relay_limits& l) {
 
 tunnel_conn::tunnel_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
     : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool),
-      _mux(tunnel::role::relay, mux_limits_from(w->_shared.snap->limits), *this) {
-    _w->_wheel->schedule(_timer, _w->ms_from_now(_w->_shared.snap->limits.handshake_timeout_ms));
+      _mux(tunnel::role::relay, mux_limits_from(w->snap().limits), *this) {
+    _w->_wheel->schedule(_timer, _w->ms_from_now(_w->snap().limits.handshake_timeout_ms));
 }
 
 void tunnel_conn::tick() {
-    const auto& lim = _w->_shared.snap->limits;
+    const auto& lim = _w->snap().limits;
     if (_state == state::handshaking || _state == state::await_hello) {
         fail(relay_counter::tunnel_tls_failed, "TLS handshake or HELLO timed out");
         return;
@@ -430,6 +461,10 @@ void tunnel_conn::tick() {
         return;
     }
     _mux.ping(_w->_now);
+    if (_state == state::ready &&
+        _w->_now - _config_sent_ns >= uint64_t(lim.config_refresh_ms) * 1'000'000ull) {
+        send_config(true); // periodic refresh (DESIGN.md: connectors re-pull every 2 min)
+    }
     _w->mark_dirty(this);
     _w->_wheel->schedule(_timer, _w->ms_from_now(lim.ping_interval_ms));
 }
@@ -475,8 +510,11 @@ void tunnel_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
         }
         auto m = _mux.receive(std::span<const std::byte>(_w->_scratch.data(), *r), _w->_now);
         if (!m || !_violation.empty()) {
-            _w->_counters.add(relay_counter::tunnel_protocol_errors);
-            goaway(m ? std::string_view(_violation) : m.err().detail);
+            if (!m || _violation_reason == tunnel::reason::protocol_error) {
+                _w->_counters.add(relay_counter::tunnel_protocol_errors);
+            }
+            goaway(m ? _violation_reason : tunnel::goaway_reason(m.code()),
+                   m ? std::string_view(_violation) : m.err().detail);
             return;
         }
         if (_state != state::ready && _state != state::draining && _state != state::await_hello) {
@@ -487,7 +525,7 @@ void tunnel_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
 }
 
 void tunnel_conn::after_handshake() {
-    const auto& snap = *_w->_shared.snap;
+    const auto& snap = _w->snap();
     std::string fp = _tx.tls().peer_fingerprint();
     auto it = snap.connector_by_fingerprint.find(fp);
     if (it == snap.connector_by_fingerprint.end()) {
@@ -496,13 +534,17 @@ void tunnel_conn::after_handshake() {
         return;
     }
     _connector = int32_t(it->second);
-    _group = snap.connectors[it->second].group;
+    const auto& c = snap.connectors[it->second];
+    _group = c.group;
+    _fingerprint = std::move(fp);
+    _connector_id = c.id;
+    _group_key = snap.tenants[c.tenant].name + "/" + snap.groups[c.group].name;
     _state = state::await_hello;
 }
 
 void tunnel_conn::on_hello(const tunnel::hello& h) {
     // Called from inside mux::receive: violations are recorded and acted on once it returns.
-    const auto& snap = *_w->_shared.snap;
+    const auto& snap = _w->snap();
     if (_state != state::await_hello) {
         _violation = "HELLO after the tunnel was set up";
         return;
@@ -512,8 +554,17 @@ void tunnel_conn::on_hello(const tunnel::hello& h) {
         _violation = "HELLO claims another connector id than its certificate";
         return;
     }
+    // Version gate (DESIGN.md): an older connector is refused with both versions named.
+    if (compare_versions(h.connector_version, snap.min_connector_version) < 0) {
+        _w->_counters.add(relay_counter::tunnel_version_refused);
+        _violation = "connector version " + std::string(h.connector_version) +
+                     " is older than the minimum " + snap.min_connector_version;
+        _violation_reason = tunnel::reason::version_too_old;
+        return;
+    }
+    _version = std::string(h.connector_version);
     if (h.worker_index != tunnel::k_any_worker && h.worker_index != _w->_index) {
-        if (h.worker_index >= _w->_shared.worker_count) {
+        if (h.worker_index >= _w->_worker_count) {
             _violation = "HELLO asks for a worker the relay does not have";
             return;
         }
@@ -531,11 +582,11 @@ void tunnel_conn::on_hello(const tunnel::hello& h) {
 }
 
 void tunnel_conn::send_hello_ack() {
-    const auto& snap = *_w->_shared.snap;
+    const auto& snap = _w->snap();
     tunnel::hello_ack a{};
     a.proto_version = 1;
     a.worker_index = _w->_index;
-    a.worker_count = _w->_shared.worker_count;
+    a.worker_count = _w->_worker_count;
     a.max_frame = snap.limits.max_frame;
     a.initial_window = snap.limits.initial_window;
     a.max_streams = snap.limits.max_streams_per_tunnel;
@@ -546,11 +597,59 @@ void tunnel_conn::send_hello_ack() {
     _state = state::ready;
     _last_rx = _w->_now;
     _w->_wheel->schedule(_timer, _w->ms_from_now(snap.limits.ping_interval_ms));
+    send_config(true);
     _w->tunnel_ready(this);
     log::info("tunnel_up", {{"worker", _w->_index},
-                            {"connector", snap.connectors[std::size_t(_connector)].id},
-                            {"group", snap.groups[_group].name}});
+                            {"connector", _connector_id},
+                            {"group", _group_key},
+                            {"version", _version}});
     _w->mark_dirty(this);
+}
+
+void tunnel_conn::send_config(bool force) {
+    const auto& snap = _w->snap();
+    const auto& body = snap.connectors[std::size_t(_connector)].config_body;
+    if (!force && body == _config_sent) {
+        return;
+    }
+    _mux.send_config(snap.version, std::as_bytes(std::span(body.data(), body.size())));
+    _config_sent = body;
+    _config_sent_ns = _w->_now;
+    _w->_counters.add(relay_counter::configs_sent);
+    _w->mark_dirty(this);
+}
+
+void tunnel_conn::reconfigure() {
+    if (_state == state::handshaking || _state == state::handing_off || _state == state::closed) {
+        return; // identity not known yet, or resolved by the worker that adopts it
+    }
+    const auto& snap = _w->snap();
+    auto it = snap.connector_by_fingerprint.find(_fingerprint);
+    if (it == snap.connector_by_fingerprint.end()) {
+        // Deleted (revoked): its tunnels close now, streams in flight are reset (RELIABILITY.md
+        // Revocation).
+        fail(relay_counter::tunnel_revoked, "connector deleted: certificate revoked");
+        return;
+    }
+    const auto& c = snap.connectors[it->second];
+    std::string key = snap.tenants[c.tenant].name + "/" + snap.groups[c.group].name;
+    _connector = int32_t(it->second);
+    _group = c.group;
+    if (_state == state::ready && key != _group_key) {
+        log::info("connector_moved", {{"worker", _w->_index},
+                                      {"connector", _connector_id},
+                                      {"from", _group_key},
+                                      {"to", key},
+                                      {"streams", _streams.size()}});
+        _group_key = std::move(key);
+        _w->_counters.add(relay_counter::tunnels_moved);
+        drain_with(tunnel::reason::no_error, "connector moved to group " + _group_key);
+        return;
+    }
+    _group_key = std::move(key);
+    if (_state == state::ready) {
+        send_config(false);
+    }
 }
 
 void tunnel_conn::on_detached(io::conn_id, int fd) {
@@ -558,11 +657,19 @@ void tunnel_conn::on_detached(io::conn_id, int fd) {
 }
 
 void tunnel_conn::drain() {
+    if (_state == state::draining) {
+        return;
+    }
     if (_state != state::ready) {
         fail(relay_counter::tunnels_closed, "relay shutting down");
         return;
     }
-    _mux.goaway(tunnel::reason::shutting_down, "relay shutting down");
+    drain_with(tunnel::reason::shutting_down, "relay shutting down");
+}
+
+void tunnel_conn::drain_with(tunnel::reason code, std::string_view why) {
+    // GOAWAY: no new streams here; streams in flight finish; service() closes once drained.
+    _mux.goaway(code, why);
     _w->tunnel_gone(this);
     _state = state::draining;
     _w->mark_dirty(this);
@@ -572,6 +679,14 @@ void tunnel_conn::adopt_on(worker* w, io::conn_id id) {
     _w = w;
     _tx.rebind(w->_loop.get(), id, &w->_pool);
     w->_loop->start_recv(id);
+    // This worker may be on a newer snapshot than the one that identified the connector.
+    auto it = w->snap().connector_by_fingerprint.find(_fingerprint);
+    if (it == w->snap().connector_by_fingerprint.end()) {
+        fail(relay_counter::tunnel_revoked, "connector deleted: certificate revoked");
+        return;
+    }
+    _connector = int32_t(it->second);
+    _group = w->snap().connectors[it->second].group;
     send_hello_ack();
     // Bytes that arrived during the hand-over are already inside the TLS session.
     on_recv(id, {});
@@ -666,6 +781,10 @@ void tunnel_conn::service() {
     auto data = std::span<std::byte>(_w->_scratch.data(), _w->_scratch.size());
     if (!io::pump_tunnel(_mux, _tx, _pending, data)) {
         fail(relay_counter::tunnel_tls_failed, _tx.tls().last_error());
+        return;
+    }
+    if (drained() && !_w->_draining) {
+        fail(relay_counter::tunnels_closed, "drained"); // moved connector: its streams are done
     }
 }
 
@@ -690,11 +809,11 @@ void tunnel_conn::on_recv_end(io::conn_id, int res) {
          res == 0 ? "connector closed the connection" : "connection to connector failed");
 }
 
-void tunnel_conn::goaway(std::string_view why) {
+void tunnel_conn::goaway(tunnel::reason code, std::string_view why) {
     if (_state == state::closed) {
         return;
     }
-    _mux.goaway(tunnel::reason::protocol_error, why);
+    _mux.goaway(code, why);
     std::size_t n = _mux.produce(std::span<std::byte>(_w->_scratch.data(), _w->_scratch.size()));
     if (n > 0) {
         (void)_tx.tls().write(std::span<const std::byte>(_w->_scratch.data(), n));
@@ -716,22 +835,16 @@ void tunnel_conn::fail(relay_counter counter, std::string_view why) {
     if (_state == state::closed) {
         return;
     }
-    const bool was_ready = _state == state::ready;
     _w->_counters.add(counter);
     if (counter != relay_counter::tunnels_closed) {
         _w->_counters.add(relay_counter::tunnels_closed);
     }
-    const auto& snap = *_w->_shared.snap;
-    log::info("tunnel_down",
-              {{"worker", _w->_index},
-               {"connector", _connector >= 0
-                                 ? std::string_view(snap.connectors[std::size_t(_connector)].id)
-                                 : std::string_view("unidentified")},
-               {"reason", why},
-               {"streams", _streams.size()}});
-    if (was_ready) {
-        _w->tunnel_gone(this);
-    }
+    log::info("tunnel_down", {{"worker", _w->_index},
+                              {"connector", _connector >= 0 ? std::string_view(_connector_id)
+                                                            : std::string_view("unidentified")},
+                              {"reason", why},
+                              {"streams", _streams.size()}});
+    _w->tunnel_gone(this);
     _state = state::closed;
     close_all_streams();
     _w->_loop->close(_tx.id(), false);
@@ -756,11 +869,10 @@ private:
     bool _tunnel;
 };
 
-worker::worker(uint16_t index, const worker_shared& shared)
-    : _index(index), _shared(shared), _scratch(k_scratch) {
-    _by_group.resize(_shared.snap->groups.size());
-    const std::size_t nc = _shared.snap->connectors.size();
-    _tunnels_by_connector = std::make_unique<std::atomic<uint32_t>[]>(nc == 0 ? 1 : nc);
+worker::worker(uint16_t index, uint16_t worker_count, config_cell* config)
+    : _index(index), _worker_count(worker_count), _cfg(config, index), _events(4096),
+      _scratch(k_scratch) {
+    _by_group.resize(snap().groups.size());
 }
 
 worker::~worker() {
@@ -786,11 +898,44 @@ void worker::set_peers(std::vector<worker*> peers,
     _outbound = std::move(outbound);
 }
 
-uint32_t worker::tunnels_of(uint32_t connector) const noexcept {
-    if (connector >= _shared.snap->connectors.size()) {
-        return 0;
+void worker::emit(tunnel_event::kind what, std::string_view connector, std::string_view version) {
+    tunnel_event e;
+    e.what = what;
+    connector.copy(e.connector_id, std::min(connector.size(), sizeof e.connector_id - 1));
+    version.copy(e.version, std::min(version.size(), sizeof e.version - 1));
+    if (!_event_backlog.empty() || !_events.try_push(e)) {
+        _event_backlog.push_back(e); // never lost: status must not drift
     }
-    return _tunnels_by_connector[connector].load(std::memory_order_relaxed);
+}
+
+void worker::flush_events() {
+    std::size_t i = 0;
+    while (i < _event_backlog.size() && _events.try_push(_event_backlog[i])) {
+        ++i;
+    }
+    _event_backlog.erase(_event_backlog.begin(), _event_backlog.begin() + long(i));
+}
+
+void worker::refresh_config() {
+    if (_cfg.refresh()) {
+        apply_config();
+    }
+}
+
+void worker::apply_config() {
+    // Indices of the old snapshot are meaningless now: every tunnel re-resolves its identity
+    // (revoked ones close, moved ones drain), then the routing table is rebuilt.
+    _counters.add(relay_counter::config_updates);
+    auto tunnels = _tunnels;
+    for (auto* t : tunnels) {
+        t->reconfigure();
+    }
+    _by_group.assign(snap().groups.size(), {});
+    for (auto* t : _tunnels) {
+        if (t->routed) {
+            _by_group[t->group()].push_back(t);
+        }
+    }
 }
 
 void worker::wake() noexcept {
@@ -811,7 +956,7 @@ void worker::on_user_accept(int fd) {
         ::close(fd);
         return;
     }
-    auto* u = new user_conn(this, *id, _shared.user_tls->new_session());
+    auto* u = new user_conn(this, *id, _cfg->user_tls->new_session());
     u->pos = _users.size();
     _users.push_back(u);
     _counters.set(relay_counter::user_conns_open, _users.size());
@@ -831,7 +976,7 @@ void worker::on_tunnel_accept(int fd) {
         ::close(fd);
         return;
     }
-    auto* t = new tunnel_conn(this, *id, _shared.tunnel_tls->new_session());
+    auto* t = new tunnel_conn(this, *id, _cfg->tunnel_tls->new_session());
     t->pos = _tunnels.size();
     _tunnels.push_back(t);
     _loop->set_owner(*id, t);
@@ -860,22 +1005,29 @@ tunnel_conn* worker::pick_tunnel(uint32_t group) {
 }
 
 void worker::tunnel_ready(tunnel_conn* t) {
+    if (t->routed) {
+        return;
+    }
+    t->routed = true;
     _by_group[t->group()].push_back(t);
-    auto& c = _tunnels_by_connector[std::size_t(t->connector())];
-    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     _counters.set(relay_counter::tunnels_up, _counters.get(relay_counter::tunnels_up) + 1);
+    emit(tunnel_event::kind::up, t->connector_id(), t->version());
 }
 
 void worker::tunnel_gone(tunnel_conn* t) {
-    auto& v = _by_group[t->group()];
-    auto it = std::find(v.begin(), v.end(), t);
-    if (it == v.end()) {
+    if (!t->routed) {
         return;
     }
-    v.erase(it);
-    auto& c = _tunnels_by_connector[std::size_t(t->connector())];
-    c.store(c.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    t->routed = false;
+    if (t->group() < _by_group.size()) {
+        auto& v = _by_group[t->group()];
+        auto it = std::find(v.begin(), v.end(), t);
+        if (it != v.end()) {
+            v.erase(it);
+        }
+    }
     _counters.set(relay_counter::tunnels_up, _counters.get(relay_counter::tunnels_up) - 1);
+    emit(tunnel_event::kind::down, t->connector_id(), {});
 }
 
 void worker::handoff(tunnel_conn* t, int fd) {
@@ -1015,9 +1167,11 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
     uint64_t drain_deadline = 0;
     for (;;) {
         _now = mono_ns();
+        refresh_config();
+        flush_events();
         if (stop.load(std::memory_order_relaxed) && !_draining) {
             begin_drain();
-            drain_deadline = ms_from_now(_shared.snap->limits.drain_deadline_ms);
+            drain_deadline = ms_from_now(snap().limits.drain_deadline_ms);
         }
         if (_draining) {
             drain_step(_now >= drain_deadline);

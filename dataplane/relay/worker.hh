@@ -5,6 +5,7 @@
 //
 // Loop iteration: reap completions (TLS decrypt, decode frames, route) -> service dirty tunnels
 // (produce frames, TLS encrypt, submit sends) -> hand-over rings -> timers -> wait.
+#include "dataplane/core/rcu_cell.hh"
 #include "dataplane/core/spsc_ring.hh"
 #include "dataplane/core/timer_wheel.hh"
 #include "dataplane/io/tls_transport.hh"
@@ -23,12 +24,23 @@ namespace apprelay::relay {
 class tunnel_conn;
 class user_conn;
 
-// What every worker reads; built by the control thread before the workers start.
-struct worker_shared {
+// What the control thread publishes to every worker (RCU): the snapshot and the TLS contexts
+// built from it. Sessions keep their SSL_CTX alive on their own, so a context may be replaced
+// while handshakes made with it are still running.
+struct relay_config {
     std::shared_ptr<const snapshot> snap;
     std::shared_ptr<tls::server_context> user_tls;   // SNI -> app certificates
     std::shared_ptr<tls::server_context> tunnel_tls; // mutual TLS, tenant CAs
-    uint16_t worker_count = 1;
+};
+using config_cell = core::rcu_cell<relay_config>;
+
+// Worker -> control thread: a connector's tunnel came up (after HELLO) or went away. The
+// control thread turns these into connector status (active while any tunnel is up).
+struct tunnel_event {
+    enum class kind : uint8_t { up, down };
+    kind what = kind::up;
+    char connector_id[40] = {}; // NUL-terminated
+    char version[24] = {};      // connector version from HELLO (up only)
 };
 
 struct handoff_msg {
@@ -38,7 +50,7 @@ struct handoff_msg {
 
 class worker {
 public:
-    worker(uint16_t index, const worker_shared& shared);
+    worker(uint16_t index, uint16_t worker_count, config_cell* config);
     ~worker();
     worker(const worker&) = delete;
     worker& operator=(const worker&) = delete;
@@ -59,8 +71,8 @@ public:
 
     uint16_t index() const noexcept { return _index; }
     const relay_counter_block& counters() const noexcept { return _counters; }
-    // Tunnels per connector index held by this worker (single writer, read by control).
-    uint32_t tunnels_of(uint32_t connector) const noexcept;
+    // Tunnel up/down events for the control thread (single consumer).
+    core::spsc_ring<tunnel_event>& events() noexcept { return _events; }
 
 private:
     friend class tunnel_conn;
@@ -80,16 +92,23 @@ private:
     void bury(tunnel_conn* t);
     void bury(user_conn* u);
     uint64_t ms_from_now(uint32_t ms) const noexcept { return _now + uint64_t(ms) * 1'000'000ull; }
+    const snapshot& snap() const noexcept { return *_cfg->snap; }
+    void refresh_config();
+    void apply_config();
+    void emit(tunnel_event::kind what, std::string_view connector, std::string_view version);
+    void flush_events();
     void begin_drain();
     void drain_step(bool deadline_passed);
 
     const uint16_t _index;
-    worker_shared _shared;
+    const uint16_t _worker_count;
+    config_cell::reader _cfg;
+    core::spsc_ring<tunnel_event> _events;
+    std::vector<tunnel_event> _event_backlog; // ring full: kept in order, retried each loop
     std::unique_ptr<io::uring_loop> _loop;
     std::unique_ptr<core::timer_wheel> _wheel; // created on the worker thread in run()
     io::send_buffer_pool _pool;
     relay_counter_block _counters;
-    std::unique_ptr<std::atomic<uint32_t>[]> _tunnels_by_connector;
     std::unique_ptr<listener_sink> _user_listener;
     std::unique_ptr<listener_sink> _tunnel_listener;
     io::conn_id _user_listen_id{};
