@@ -254,14 +254,10 @@ bool load_static_config(const std::string& path, loaded_config* out, std::string
             ae.group = uint32_t(gi);
             ae.cert_path = resolve(base, ae.cert_path);
             ae.key_path = resolve(base, ae.key_path);
-            std::string host = ae.hostname;
-            for (char& ch : host) {
-                ch = char(std::tolower(static_cast<unsigned char>(ch)));
-            }
-            snap->app_by_hostname.emplace(host, uint32_t(snap->apps.size()));
             snap->apps.push_back(std::move(ae));
         }
     }
+    relay::finalize(*snap);
     out->relay = std::move(rs);
     out->snap = std::move(snap);
     return true;

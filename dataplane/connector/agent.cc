@@ -5,6 +5,7 @@
 #include "dataplane/io/tls_transport.hh"
 #include "dataplane/io/tunnel_pump.hh"
 #include "dataplane/io/uring/loop.hh"
+#include "dataplane/tunnel/connector_config.hh"
 #include "dataplane/tunnel/mux.hh"
 #include "tls/context.hh"
 
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <memory>
 #include <netdb.h>
+#include <optional>
 #include <random>
 #include <unordered_map>
 #include <vector>
@@ -109,9 +111,13 @@ public:
     void on_reset(uint32_t sid, tunnel::reason r, std::string_view msg) override;
     void on_stream_closed(uint32_t sid) override;
     void on_goaway(uint32_t last, tunnel::reason r, std::string_view msg) override;
+    void on_config(uint64_t version, std::span<const std::byte> body) override;
     std::size_t pull(uint32_t sid, std::span<std::byte> dst) override;
 
     void service();
+    // Connector stopping: GOAWAY to the relay (no new streams), streams in flight go on.
+    void drain();
+    std::size_t stream_count() const { return _streams.size(); }
     void fail(std::string_view why);
     void stream_gone(uint32_t sid) { _streams.erase(sid); }
     tunnel::mux* mux() { return _mux.get(); }
@@ -149,6 +155,7 @@ private:
     uint64_t _retry_at = 0;
     uint64_t _last_rx = 0;
     uint64_t _silence_ns = 3'000'000'000ull;
+    bool _bad_config = false;
 };
 
 class agent {
@@ -168,6 +175,11 @@ public:
     std::vector<backend_conn*> dead_backends;
     std::vector<std::byte> scratch = std::vector<std::byte>(k_scratch);
     uint16_t worker_count = 0;
+    // From the relay's CONFIG frames; no OPEN is accepted before the first one.
+    std::optional<tunnel::connector_config> config;
+    uint64_t config_version = 0;
+    int fatal_code = 0; // set when the relay refuses this connector for good
+    bool draining = false;
     uint64_t now = 0;
     uint64_t last_tunnel_ns = 0;
     std::mt19937_64 rng;
@@ -440,9 +452,10 @@ void tunnel_link::on_recv(io::conn_id, std::span<const std::byte> data) {
             return;
         }
         auto m = _mux->receive(std::span<const std::byte>(_a->scratch.data(), *r), _a->now);
-        if (!m) {
+        if (!m || _bad_config) {
+            _bad_config = false;
             _a->counters.add(connector_counter::protocol_errors);
-            fail(m.err().detail);
+            fail(m ? "malformed CONFIG from the relay" : m.err().detail);
             return;
         }
         if (_state == state::waiting) {
@@ -473,7 +486,21 @@ void tunnel_link::on_hello_ack(const tunnel::hello_ack& a) {
     _a->ensure_links(a.worker_count);
 }
 
-void tunnel_link::on_open(uint32_t sid, std::string_view, std::string_view target) {
+void tunnel_link::on_open(uint32_t sid, std::string_view app, std::string_view target) {
+    // The relay is trusted only as far as the configuration it sent: a target outside it is
+    // refused here, whatever the OPEN says.
+    if (!_a->config || !_a->config->allows(target)) {
+        _a->counters.add(connector_counter::streams_not_allowed);
+        log::info("open_refused",
+                  {{"worker", _worker},
+                   {"app", app},
+                   {"target", target},
+                   {"reason", "target not allowed by this connector's configuration"}});
+        _mux->open_fail(sid, tunnel::reason::not_allowed,
+                        "target not allowed by this connector's configuration");
+        mark_dirty();
+        return;
+    }
     sockaddr_storage ss{};
     socklen_t len = 0;
     auto* b = new backend_conn(_a, this, sid);
@@ -525,8 +552,42 @@ void tunnel_link::on_stream_closed(uint32_t sid) {
     b->kill(); // both directions are done: closing now loses nothing
 }
 
-void tunnel_link::on_goaway(uint32_t, tunnel::reason, std::string_view msg) {
+void tunnel_link::on_goaway(uint32_t, tunnel::reason r, std::string_view msg) {
+    if (r == tunnel::reason::version_too_old) {
+        log::error("connector_refused", {{"worker", _worker}, {"reason", msg}});
+        _a->fatal_code = 4;
+        return;
+    }
     log::info("relay_goaway", {{"worker", _worker}, {"reason", msg}});
+}
+
+void tunnel_link::on_config(uint64_t version, std::span<const std::byte> body) {
+    auto c = tunnel::decode_connector_config(body);
+    if (!c) {
+        // Acted on after mux::receive returns: a bad CONFIG is a protocol error of the relay.
+        _bad_config = true;
+        return;
+    }
+    _a->counters.add(connector_counter::configs_received);
+    const bool group_changed =
+        !_a->config || _a->config->group != c->group || _a->config->tenant != c->tenant;
+    if (group_changed || _a->config->backends != c->backends) {
+        log::info("config_applied", {{"version", version},
+                                     {"tenant", c->tenant},
+                                     {"group", c->group},
+                                     {"backends", c->backends.size()},
+                                     {"group_changed", group_changed}});
+    }
+    _a->config = std::move(*c);
+    _a->config_version = version;
+}
+
+void tunnel_link::drain() {
+    if (_state != state::ready) {
+        return;
+    }
+    _mux->goaway(tunnel::reason::shutting_down, "connector stopping");
+    mark_dirty();
 }
 
 std::size_t tunnel_link::pull(uint32_t sid, std::span<std::byte> dst) {
@@ -597,7 +658,10 @@ void agent::write_stats() {
              "\":" + std::to_string(counters.get(i));
     }
     s += "},\"id\":\"" + opts.id + "\",\"relay\":\"" + opts.relay + "\",\"version\":\"" +
-         opts.version + "\"}";
+         opts.version + "\",\"config_version\":" + std::to_string(config_version) +
+         ",\"tenant\":\"" + (config ? config->tenant : "") + "\",\"group\":\"" +
+         (config ? config->group : "") +
+         "\",\"tunnels_up\":" + std::to_string(counters.get(connector_counter::tunnels_up)) + "}";
     std::string tmp = opts.stats_file + ".tmp";
     {
         std::ofstream f(tmp, std::ios::trunc);
@@ -635,8 +699,33 @@ int agent::run(const std::atomic<bool>& stop) {
     links.push_back(std::make_unique<tunnel_link>(this, k_any_worker));
     links.back()->connect();
     uint64_t next_stats = 0;
+    uint64_t drain_deadline = 0;
     int code = 0;
-    while (!stop.load(std::memory_order_relaxed)) {
+    for (;;) {
+        if (fatal_code != 0) {
+            code = fatal_code;
+            break;
+        }
+        if (stop.load(std::memory_order_relaxed) && !draining) {
+            draining = true;
+            drain_deadline = now + uint64_t(opts.drain_deadline_ms) * 1'000'000ull;
+            std::size_t streams = 0;
+            for (auto& lk : links) {
+                lk->drain();
+                streams += lk->stream_count();
+            }
+            log::info("draining", {{"streams", streams}, {"deadline_ms", opts.drain_deadline_ms}});
+        }
+        if (draining) {
+            std::size_t streams = 0;
+            for (auto& lk : links) {
+                streams += lk->stream_count();
+            }
+            if (streams == 0 || now >= drain_deadline) {
+                log::info("stopped", {{"streams_cut", streams}});
+                break;
+            }
+        }
         for (std::size_t i = 0; i < dirty.size(); ++i) {
             tunnel_link* t = dirty[i];
             t->dirty = false;
@@ -657,7 +746,7 @@ int agent::run(const std::atomic<bool>& stop) {
                 lk->fail("relay stopped answering (no PING within 3 intervals)");
             }
             any_up = any_up || lk->ready();
-            if (lk->waiting() && now >= lk->retry_at()) {
+            if (lk->waiting() && now >= lk->retry_at() && !draining) {
                 lk->connect();
             }
         }

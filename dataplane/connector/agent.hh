@@ -18,6 +18,8 @@ namespace apprelay::connector {
     X(tunnels_up, "gauge: tunnels up")                                                             \
     X(streams_opened, "OPENs accepted (backend connected)")                                        \
     X(streams_refused, "OPENs refused (backend refused or unreachable, bad target)")               \
+    X(streams_not_allowed, "OPENs refused: target not in this connector's configuration")          \
+    X(configs_received, "CONFIG frames received from the relay")                                   \
     X(streams_closed, "streams finished cleanly")                                                  \
     X(streams_reset, "streams reset (either side)")                                                \
     X(bytes_to_backend, "bytes written to backends")                                               \
@@ -38,9 +40,12 @@ struct agent_options {
     uint32_t backoff_base_ms = 1000; // full jitter, doubling up to the cap
     uint32_t backoff_cap_ms = 32000;
     uint32_t give_up_after_ms = 600'000; // exit non-zero after this long with no tunnel
+    uint32_t drain_deadline_ms = 30'000; // on stop: GOAWAY, streams finish, then exit
 };
 
-// Runs until stop; returns the exit code (2 = start-up error, 3 = gave up reaching the relay).
+// Runs until stop, then drains (GOAWAY to the relay, streams in flight finish, deadline); returns
+// the exit code (2 = start-up error, 3 = gave up reaching the relay, 4 = refused by the relay:
+// version older than its minimum).
 int run_agent(const agent_options& opts, const std::atomic<bool>& stop);
 
 } // namespace apprelay::connector

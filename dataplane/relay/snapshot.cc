@@ -1,5 +1,7 @@
 #include "dataplane/relay/snapshot.hh"
 
+#include "dataplane/tunnel/connector_config.hh"
+
 namespace apprelay::relay {
 
 int compare_versions(std::string_view a, std::string_view b) noexcept {
@@ -23,6 +25,32 @@ int compare_versions(std::string_view a, std::string_view b) noexcept {
         }
     }
     return 0;
+}
+
+void finalize(snapshot& s) {
+    s.connector_by_fingerprint.clear();
+    s.app_by_hostname.clear();
+    std::vector<std::vector<std::string>> backends(s.groups.size());
+    for (std::size_t i = 0; i < s.apps.size(); ++i) {
+        const auto& a = s.apps[i];
+        backends[a.group].push_back(a.backend);
+        if (!a.hostname.empty()) {
+            std::string host = a.hostname;
+            for (char& c : host) {
+                if (c >= 'A' && c <= 'Z') {
+                    c = char(c - 'A' + 'a');
+                }
+            }
+            s.app_by_hostname.emplace(std::move(host), uint32_t(i));
+        }
+    }
+    for (std::size_t i = 0; i < s.connectors.size(); ++i) {
+        auto& c = s.connectors[i];
+        s.connector_by_fingerprint.emplace(c.fingerprint, uint32_t(i));
+        tunnel::connector_config cc{s.tenants[c.tenant].name, s.groups[c.group].name,
+                                    backends[c.group]};
+        c.config_body = tunnel::encode_connector_config(cc);
+    }
 }
 
 } // namespace apprelay::relay

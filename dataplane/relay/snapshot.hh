@@ -70,6 +70,11 @@ struct snapshot {
     std::string min_connector_version = "0.1.0";
 };
 
+// Fills the derived tables of a snapshot whose tenants, groups, connectors and apps are set:
+// connector_by_fingerprint, app_by_hostname (lowercase), and each connector's CONFIG body (its
+// tenant, group and the backends of the group's apps). Control thread only.
+void finalize(snapshot& s);
+
 // -1, 0, 1 comparing dotted numeric versions ("0.10.2" > "0.9"); a non-numeric part compares as 0.
 int compare_versions(std::string_view a, std::string_view b) noexcept;
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds and runs the tunnel frame fuzzer for SECONDS (default 30) on a copy of the seed corpus.
+# Builds and runs every fuzz target: the tunnel frame fuzzer for SECONDS (default 30) and the
+# CONFIG body fuzzer for a quarter of that, each on a copy of its seed corpus.
 # Exits non-zero if libFuzzer finds a crash, leak, sanitizer report or timeout.
 set -euo pipefail
 seconds="${1:-30}"
@@ -8,21 +9,28 @@ root="$(cd "${here}/../.." && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "${work}"' EXIT
 
-srcs=("${here}/frame_fuzz.cc" "${root}/dataplane/tunnel/frame.cc"
-    "${root}/dataplane/tunnel/mux.cc" "${root}/dataplane/base/log.cc")
-clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"${root}" "${srcs[@]}" -o "${work}/frame_fuzz" -lpthread
+# fuzz NAME SECONDS SOURCES...
+fuzz() {
+    local name="$1" secs="$2"
+    shift 2
+    clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+        -I"${root}" "$@" -o "${work}/${name}_fuzz" -lpthread
+    cp -r "${here}/corpus/${name}" "${work}/corpus_${name}"
+    mkdir -p "${work}/artifacts_${name}"
+    set +e
+    "${work}/${name}_fuzz" -max_total_time="${secs}" -print_final_stats=1 \
+        -artifact_prefix="${work}/artifacts_${name}/" "${work}/corpus_${name}"
+    local rc=$?
+    set -e
+    if [[ ${rc} -ne 0 ]]; then
+        mkdir -p "${here}/crashes"
+        cp "${work}/artifacts_${name}/"* "${here}/crashes/" 2>/dev/null || true
+        echo "${name}_fuzz failed (rc=${rc}); reproducers copied to ${here}/crashes/" >&2
+        exit "${rc}"
+    fi
+}
 
-cp -r "${here}/corpus/frame" "${work}/corpus"
-mkdir -p "${work}/artifacts"
-set +e
-"${work}/frame_fuzz" -max_total_time="${seconds}" -print_final_stats=1 \
-    -artifact_prefix="${work}/artifacts/" "${work}/corpus"
-rc=$?
-set -e
-if [[ ${rc} -ne 0 ]]; then
-    mkdir -p "${here}/crashes"
-    cp "${work}/artifacts/"* "${here}/crashes/" 2>/dev/null || true
-    echo "frame_fuzz failed (rc=${rc}); reproducers copied to ${here}/crashes/" >&2
-fi
-exit "${rc}"
+fuzz frame "${seconds}" "${here}/frame_fuzz.cc" "${root}/dataplane/tunnel/frame.cc" \
+    "${root}/dataplane/tunnel/mux.cc" "${root}/dataplane/base/log.cc"
+fuzz config "$(( seconds / 4 > 5 ? seconds / 4 : 5 ))" "${here}/config_fuzz.cc" \
+    "${root}/dataplane/tunnel/connector_config.cc"
