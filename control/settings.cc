@@ -1,0 +1,204 @@
+#include "control/settings.hh"
+
+#include <filesystem>
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+namespace apprelay::control {
+namespace {
+
+std::string resolve(const std::filesystem::path& base, const std::string& p) {
+    if (p.empty()) {
+        return p;
+    }
+    std::filesystem::path pp(p);
+    return pp.is_absolute() ? p : (base / pp).string();
+}
+
+bool valid_host_port(const std::string& s) {
+    auto c = s.rfind(':');
+    if (c == std::string::npos || c == 0 || c + 1 >= s.size() || s.size() - c > 6) {
+        return false;
+    }
+    for (std::size_t i = c + 1; i < s.size(); ++i) {
+        if (s[i] < '0' || s[i] > '9') {
+            return false;
+        }
+    }
+    return std::stol(s.substr(c + 1)) <= 65535;
+}
+
+// Every key of a section must be known: a typo is an error, not a silently ignored setting.
+bool known_keys(const toml::table& t, const char* section, std::initializer_list<const char*> keys,
+                std::string* why) {
+    for (const auto& [k, v] : t) {
+        bool found = false;
+        for (const char* key : keys) {
+            found = found || k.str() == key;
+        }
+        if (!found) {
+            *why = fmt::format("{}.{}: unknown key", section, k.str());
+            return false;
+        }
+    }
+    return true;
+}
+
+template <class T>
+bool get_u32(const toml::table& t, const char* section, const char* key, T* out, uint64_t lo,
+             uint64_t hi, std::string* why) {
+    auto node = t[key];
+    if (!node) {
+        return true;
+    }
+    auto v = node.value<int64_t>();
+    if (!v || *v < int64_t(lo) || uint64_t(*v) > hi) {
+        *why = fmt::format("{}.{}: expected an integer in {}..{}", section, key, lo, hi);
+        return false;
+    }
+    *out = T(*v);
+    return true;
+}
+
+bool get_str(const toml::table& t, const char* section, const char* key, std::string* out,
+             std::string* why) {
+    auto node = t[key];
+    if (!node) {
+        return true;
+    }
+    auto v = node.value<std::string>();
+    if (!v) {
+        *why = fmt::format("{}.{}: expected a string", section, key);
+        return false;
+    }
+    *out = *v;
+    return true;
+}
+
+} // namespace
+
+bool load_settings(const std::string& path, relay_settings* out, std::string* why) {
+    toml::table root;
+    try {
+        root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+        *why = fmt::format("{}: {} (line {})", path, e.description(), e.source().begin.line);
+        return false;
+    }
+    const auto base = std::filesystem::path(path).parent_path();
+    relay_settings s;
+    for (const auto& [k, v] : root) {
+        if (k.str() != "relay" && k.str() != "admin" && k.str() != "connectors" &&
+            k.str() != "limits") {
+            *why = fmt::format("[{}]: unknown section (tenants, groups, connectors and apps live "
+                               "in the store: use apprelayctl)",
+                               k.str());
+            return false;
+        }
+    }
+    static const toml::table empty;
+    const toml::table* r = root["relay"].as_table();
+    if (r == nullptr) {
+        *why = "[relay]: missing section";
+        return false;
+    }
+    if (!known_keys(*r, "relay",
+                    {"user_listen", "tunnel_listen", "enroll_listen", "state_dir", "server_name",
+                     "core_map"},
+                    why) ||
+        !get_str(*r, "relay", "user_listen", &s.user_listen, why) ||
+        !get_str(*r, "relay", "tunnel_listen", &s.tunnel_listen, why) ||
+        !get_str(*r, "relay", "enroll_listen", &s.enroll_listen, why) ||
+        !get_str(*r, "relay", "state_dir", &s.state_dir, why) ||
+        !get_str(*r, "relay", "server_name", &s.server_name, why) ||
+        !get_str(*r, "relay", "core_map", &s.core_map, why)) {
+        return false;
+    }
+    for (auto [key, value] :
+         {std::pair{"user_listen", &s.user_listen}, std::pair{"tunnel_listen", &s.tunnel_listen},
+          std::pair{"enroll_listen", &s.enroll_listen}}) {
+        if (!valid_host_port(*value)) {
+            *why = fmt::format("relay.{}: '{}' is not HOST:PORT", key, *value);
+            return false;
+        }
+    }
+    if (s.server_name.empty() || s.server_name.size() > 253) {
+        *why = "relay.server_name: must be a DNS name";
+        return false;
+    }
+    s.state_dir = resolve(base, s.state_dir);
+
+    const toml::table* a = root["admin"].as_table();
+    a = a != nullptr ? a : &empty;
+    if (!known_keys(*a, "admin", {"socket", "listen", "token"}, why) ||
+        !get_str(*a, "admin", "socket", &s.admin_socket, why) ||
+        !get_str(*a, "admin", "listen", &s.admin_listen, why) ||
+        !get_str(*a, "admin", "token", &s.admin_token, why)) {
+        return false;
+    }
+    s.admin_socket = s.admin_socket.empty()
+                         ? (std::filesystem::path(s.state_dir) / "admin.sock").string()
+                         : resolve(base, s.admin_socket);
+    if (!s.admin_listen.empty()) {
+        if (!valid_host_port(s.admin_listen)) {
+            *why = fmt::format("admin.listen: '{}' is not HOST:PORT", s.admin_listen);
+            return false;
+        }
+        if (s.admin_listen.rfind("127.", 0) != 0 && s.admin_listen.rfind("[::1]", 0) != 0) {
+            *why = "admin.listen: only loopback addresses (127.0.0.0/8, [::1])";
+            return false;
+        }
+        if (s.admin_token.size() < 16) {
+            *why = "admin.token: required with admin.listen, at least 16 characters";
+            return false;
+        }
+    }
+
+    const toml::table* c = root["connectors"].as_table();
+    c = c != nullptr ? c : &empty;
+    if (!known_keys(*c, "connectors", {"min_version", "latest_version", "inactive_purge_s"}, why) ||
+        !get_str(*c, "connectors", "min_version", &s.min_connector_version, why) ||
+        !get_str(*c, "connectors", "latest_version", &s.latest_connector_version, why) ||
+        !get_u32(*c, "connectors", "inactive_purge_s", &s.inactive_purge_s, 1,
+                 10ull * 365 * 24 * 3600, why)) {
+        return false;
+    }
+    if (relay::compare_versions(s.latest_connector_version, s.min_connector_version) < 0) {
+        *why = "connectors.latest_version: older than connectors.min_version";
+        return false;
+    }
+
+    const toml::table* l = root["limits"].as_table();
+    l = l != nullptr ? l : &empty;
+    auto& lim = s.limits;
+    if (!known_keys(*l, "limits",
+                    {"max_frame", "initial_window", "max_streams_per_tunnel", "ping_interval_ms",
+                     "ping_timeout_ms", "handshake_timeout_ms", "drain_deadline_ms",
+                     "config_refresh_ms", "open_retries"},
+                    why) ||
+        !get_u32(*l, "limits", "max_frame", &lim.max_frame, 1024, 1u << 20, why) ||
+        !get_u32(*l, "limits", "initial_window", &lim.initial_window, 1024, 0x7fffffff, why) ||
+        !get_u32(*l, "limits", "max_streams_per_tunnel", &lim.max_streams_per_tunnel, 1, 1u << 20,
+                 why) ||
+        !get_u32(*l, "limits", "ping_interval_ms", &lim.ping_interval_ms, 10, 600'000, why) ||
+        !get_u32(*l, "limits", "ping_timeout_ms", &lim.ping_timeout_ms, 20, 3'600'000, why) ||
+        !get_u32(*l, "limits", "handshake_timeout_ms", &lim.handshake_timeout_ms, 1, 600'000,
+                 why) ||
+        !get_u32(*l, "limits", "drain_deadline_ms", &lim.drain_deadline_ms, 0, 3'600'000, why) ||
+        !get_u32(*l, "limits", "config_refresh_ms", &lim.config_refresh_ms, 100, 86'400'000, why) ||
+        !get_u32(*l, "limits", "open_retries", &lim.open_retries, 0, 8, why)) {
+        return false;
+    }
+    if (lim.ping_timeout_ms <= lim.ping_interval_ms) {
+        *why = "limits.ping_timeout_ms: must be greater than limits.ping_interval_ms";
+        return false;
+    }
+    if (lim.initial_window < lim.max_frame) {
+        *why = "limits.initial_window: must be >= limits.max_frame";
+        return false;
+    }
+    *out = std::move(s);
+    return true;
+}
+
+} // namespace apprelay::control

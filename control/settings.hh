@@ -1,0 +1,35 @@
+#pragma once
+// The relay's configuration file (TOML): how this relay host runs — listeners, state directory,
+// admin API, connector versions, limits. The objects (tenants, groups, connectors, apps, tokens)
+// live in the store (control/store/) and are managed with apprelayctl, never in this file.
+// Start-up code: errors are messages naming the key ("limits.max_frame: 70000 outside ...").
+#include "dataplane/relay/snapshot.hh"
+
+#include <cstdint>
+#include <string>
+
+namespace apprelay::control {
+
+struct relay_settings {
+    std::string user_listen = "127.0.0.1:8443";
+    std::string tunnel_listen = "127.0.0.1:8444";
+    std::string enroll_listen = "127.0.0.1:8445";
+    std::string state_dir = "/var/lib/apprelay"; // apprelay.db, rendered PEMs
+    std::string server_name = "apprelay-relay";  // SAN of the relay's server certificate
+    std::string core_map;                        // empty: control=0 + a worker per other cpu
+
+    std::string admin_socket; // default <state_dir>/admin.sock
+    std::string admin_listen; // optional loopback TCP HOST:PORT (bearer token required)
+    std::string admin_token;
+
+    std::string min_connector_version = APPRELAY_VERSION;
+    std::string latest_connector_version = APPRELAY_VERSION;
+    int64_t inactive_purge_s = 10 * 24 * 3600; // inactive connectors are removed after this
+    uint32_t store_poll_ms = 1000; // changes made by another process/thread are picked up
+
+    relay::relay_limits limits;
+};
+
+bool load_settings(const std::string& path, relay_settings* out, std::string* why);
+
+} // namespace apprelay::control

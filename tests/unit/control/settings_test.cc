@@ -1,0 +1,104 @@
+// The relay's configuration file: defaults, paths relative to the file, and each kind of mistake
+// refused with a message naming the key.
+#include "control/settings.hh"
+
+#include <filesystem>
+#include <fstream>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+using namespace apprelay;
+
+namespace {
+
+class settings : public ::testing::Test {
+protected:
+    void SetUp() override {
+        _dir = std::filesystem::temp_directory_path() /
+               ("apprelay-settings-" + std::to_string(::getpid()) + "-" +
+                ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        std::filesystem::create_directories(_dir);
+    }
+    void TearDown() override { std::filesystem::remove_all(_dir); }
+
+    // Loads `body`; returns the error message ("" when it loaded).
+    std::string load(const std::string& body, control::relay_settings* out = nullptr) {
+        auto p = (_dir / "relay.toml").string();
+        std::ofstream(p) << body;
+        control::relay_settings s;
+        std::string why;
+        bool ok = control::load_settings(p, &s, &why);
+        if (out != nullptr) {
+            *out = s;
+        }
+        return ok ? "" : why;
+    }
+
+    std::filesystem::path _dir;
+};
+
+} // namespace
+
+TEST_F(settings, minimal_file_gets_defaults_and_relative_state_dir) {
+    control::relay_settings s;
+    ASSERT_EQ(load("[relay]\nstate_dir = \"state\"\n", &s), "");
+    EXPECT_EQ(s.state_dir, (_dir / "state").string());
+    EXPECT_EQ(s.admin_socket, (_dir / "state" / "admin.sock").string());
+    EXPECT_EQ(s.limits.max_frame, 16u * 1024);
+    EXPECT_EQ(s.limits.config_refresh_ms, 120'000u);
+    EXPECT_EQ(s.inactive_purge_s, 10 * 24 * 3600);
+    EXPECT_EQ(s.server_name, "apprelay-relay");
+}
+
+TEST_F(settings, every_section_is_read) {
+    control::relay_settings s;
+    ASSERT_EQ(load(R"([relay]
+user_listen = "127.0.0.1:1"
+tunnel_listen = "127.0.0.1:2"
+enroll_listen = "127.0.0.1:3"
+state_dir = "/tmp/x"
+server_name = "relay.example"
+[admin]
+socket = "a.sock"
+listen = "127.0.0.1:9"
+token = "0123456789abcdef"
+[connectors]
+min_version = "0.1.0"
+latest_version = "0.2.0"
+inactive_purge_s = 5
+[limits]
+ping_interval_ms = 200
+ping_timeout_ms = 900
+config_refresh_ms = 500
+open_retries = 3
+)",
+                   &s),
+              "");
+    EXPECT_EQ(s.enroll_listen, "127.0.0.1:3");
+    EXPECT_EQ(s.admin_socket, (_dir / "a.sock").string());
+    EXPECT_EQ(s.latest_connector_version, "0.2.0");
+    EXPECT_EQ(s.inactive_purge_s, 5);
+    EXPECT_EQ(s.limits.ping_interval_ms, 200u);
+    EXPECT_EQ(s.limits.config_refresh_ms, 500u);
+    EXPECT_EQ(s.limits.open_retries, 3u);
+}
+
+TEST_F(settings, mistakes_are_refused_with_the_key_named) {
+    EXPECT_EQ(load(""), "[relay]: missing section");
+    EXPECT_NE(load("[relay]\n[[tenants]]\nname = \"x\"\n").find("[tenants]: unknown section"),
+              std::string::npos);
+    EXPECT_EQ(load("[relay]\nuser_lisen = \"127.0.0.1:1\"\n"), "relay.user_lisen: unknown key");
+    EXPECT_EQ(load("[relay]\nuser_listen = \"nowhere\"\n"),
+              "relay.user_listen: 'nowhere' is not HOST:PORT");
+    EXPECT_EQ(load("[relay]\n[admin]\nlisten = \"0.0.0.0:9\"\ntoken = \"0123456789abcdef\"\n"),
+              "admin.listen: only loopback addresses (127.0.0.0/8, [::1])");
+    EXPECT_EQ(load("[relay]\n[admin]\nlisten = \"127.0.0.1:9\"\n"),
+              "admin.token: required with admin.listen, at least 16 characters");
+    EXPECT_EQ(load("[relay]\n[limits]\nmax_frame = 70000000\n"),
+              "limits.max_frame: expected an integer in 1024..1048576");
+    EXPECT_EQ(load("[relay]\n[limits]\nping_interval_ms = 500\nping_timeout_ms = 400\n"),
+              "limits.ping_timeout_ms: must be greater than limits.ping_interval_ms");
+    EXPECT_EQ(load("[relay]\n[connectors]\nmin_version = \"0.3\"\nlatest_version = \"0.2\"\n"),
+              "connectors.latest_version: older than connectors.min_version");
+    EXPECT_NE(load("[relay\n").find("relay.toml"), std::string::npos); // parse error names file
+}
