@@ -6,6 +6,7 @@
 #include "dataplane/tunnel/mux.hh"
 
 #include <algorithm>
+#include <cstring>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
@@ -25,6 +26,13 @@ constexpr std::size_t k_user_in_low = 64 * 1024;
 constexpr std::size_t k_user_out_low = 64 * 1024;
 // Longest idle wait when nothing is dirty and no timer is due sooner.
 constexpr uint64_t k_max_wait_ns = 50'000'000;
+// Bytes a user sends before its stream is acknowledged are kept (up to this much) so that an OPEN
+// refused by one connector can be replayed on another (DESIGN.md: an OPEN that fails before any
+// byte reached the user is retried). Beyond it the user waits for OPEN_ACK.
+constexpr std::size_t k_early_max = 64 * 1024;
+// Groups up to this size are scanned whole for the least-loaded tunnel; larger ones use
+// power-of-two choices (O(1) per new stream).
+constexpr std::size_t k_full_scan = 8;
 // Timer resolution: liveness and handshake deadlines are seconds; 10 ms ticks are plenty.
 constexpr uint64_t k_timer_tick_ns = 10'000'000;
 
@@ -62,6 +70,11 @@ public:
 
     // tunnel side events
     void tunnel_data(std::span<const std::byte> bytes);
+    void opened(); // OPEN_ACK: the connector reached the backend
+    // The stream's OPEN failed before any byte reached the user: open it through another
+    // connector of the group. False when the retry budget or the candidates are exhausted.
+    bool retry(std::string_view failed_connector, std::string_view why);
+    bool acked() const { return _acked; }
     void tunnel_fin();
     void stream_closed();
     void abort(relay_counter why);
@@ -94,6 +107,13 @@ private:
     uint32_t _sid = 0;
     uint64_t _unacked = 0;       // bytes from the tunnel not yet credited back
     bool _eof_from_user = false; // close_notify or TCP FIN: FIN owed to the tunnel
+    bool _fin_queued = false;    // ... and handed to the tunnel (only once acked)
+    bool _acked = false;
+    uint8_t _attempts = 0;
+    std::string _app_host;           // lowercase SNI: the app is looked up again on retry
+    std::vector<std::string> _tried; // connectors whose OPEN failed
+    std::vector<std::byte> _early;   // user bytes sent before OPEN_ACK (replayed on retry)
+    std::size_t _replay = 0;         // bytes of _early already given to the current stream
     bool _fin_from_tunnel = false;
     bool _stream_done = false;
     bool _recv_paused = false;
@@ -190,12 +210,63 @@ private:
 // ----------------------------------------------------------------------------- user_conn impl
 
 void user_conn::queue_fin() {
-    if (!_eof_from_user) {
-        _eof_from_user = true;
-        if (_t != nullptr) {
-            _t->finish_stream(_sid);
-        }
+    _eof_from_user = true;
+    // FIN waits for OPEN_ACK and for the replay of early bytes: it must follow every byte.
+    if (!_fin_queued && _t != nullptr && _acked && _replay == _early.size()) {
+        _fin_queued = true;
+        _t->finish_stream(_sid);
     }
+}
+
+void user_conn::opened() {
+    _acked = true;
+    if (_replay == _early.size()) {
+        std::vector<std::byte>().swap(_early);
+        _replay = 0;
+    }
+    if (_eof_from_user) {
+        queue_fin();
+    }
+    if (_t != nullptr) {
+        _t->mux().mark_readable(_sid);
+        _w->mark_dirty(_t);
+    }
+}
+
+bool user_conn::retry(std::string_view failed_connector, std::string_view why) {
+    _t = nullptr;
+    const auto& snap = _w->snap();
+    if (_acked || _state != state::streaming || _attempts >= snap.limits.open_retries) {
+        return false;
+    }
+    auto found = snap.app_by_hostname.find(_app_host);
+    if (found == snap.app_by_hostname.end()) {
+        return false;
+    }
+    const app_entry& app = snap.apps[found->second];
+    _tried.emplace_back(failed_connector);
+    tunnel_conn* t = _w->pick_tunnel(app.group, &_tried);
+    if (t == nullptr) {
+        return false;
+    }
+    auto sid = t->open_stream(this, app);
+    if (!sid) {
+        return false;
+    }
+    ++_attempts;
+    _w->_counters.add(relay_counter::streams_retried);
+    log::info("stream_retried", {{"worker", _w->_index},
+                                 {"app", app.name},
+                                 {"failed_connector", failed_connector},
+                                 {"reason", why},
+                                 {"to", t->connector_id()},
+                                 {"replay_bytes", _early.size()}});
+    _t = t;
+    _sid = *sid;
+    _replay = 0;
+    t->mux().mark_readable(_sid);
+    _w->mark_dirty(t);
+    return true;
 }
 
 void user_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
@@ -258,7 +329,8 @@ void user_conn::start_stream() {
         return;
     }
     const app_entry& app = snap.apps[found->second];
-    tunnel_conn* t = _w->pick_tunnel(app.group);
+    _app_host = found->first;
+    tunnel_conn* t = _w->pick_tunnel(app.group, nullptr);
     if (t == nullptr) {
         _w->_counters.add(relay_counter::streams_failed_no_connector);
         log::info("stream_refused", {{"worker", _w->_index},
@@ -289,8 +361,31 @@ std::size_t user_conn::pull(std::span<std::byte> dst) {
     if (_state != state::streaming) {
         return 0;
     }
+    if (_replay < _early.size()) { // a retried stream first gets what the failed one got
+        std::size_t n = std::min(dst.size(), _early.size() - _replay);
+        std::memcpy(dst.data(), _early.data() + _replay, n);
+        _replay += n;
+        if (_replay == _early.size() && _acked) {
+            std::vector<std::byte>().swap(_early);
+            _replay = 0;
+            if (_eof_from_user) {
+                queue_fin();
+            }
+        }
+        return n;
+    }
+    if (!_acked) {
+        if (_early.size() >= k_early_max) {
+            return 0; // the rest waits for OPEN_ACK
+        }
+        dst = dst.first(std::min(dst.size(), k_early_max - _early.size()));
+    }
     auto r = _tx.tls().read(dst);
     if (r) {
+        if (!_acked) {
+            _early.insert(_early.end(), dst.begin(), dst.begin() + long(*r));
+            _replay = _early.size();
+        }
         _w->_counters.add(relay_counter::bytes_user_to_backend, *r);
         if (_recv_paused && _tx.tls().buffered_input() < k_user_in_low) {
             _recv_paused = false;
@@ -712,7 +807,12 @@ void tunnel_conn::forget_stream(uint32_t sid, bool reset) {
     }
 }
 
-void tunnel_conn::on_open_ack(uint32_t) {}
+void tunnel_conn::on_open_ack(uint32_t sid) {
+    auto it = _streams.find(sid);
+    if (it != _streams.end()) {
+        it->second->opened();
+    }
+}
 
 void tunnel_conn::on_open_fail(uint32_t sid, tunnel::reason, std::string_view msg) {
     auto it = _streams.find(sid);
@@ -721,8 +821,12 @@ void tunnel_conn::on_open_fail(uint32_t sid, tunnel::reason, std::string_view ms
     }
     user_conn* u = it->second;
     _streams.erase(it);
-    log::info("stream_failed", {{"worker", _w->_index}, {"sid", sid}, {"reason", msg}});
-    u->abort(relay_counter::streams_failed_backend);
+    log::info(
+        "stream_failed",
+        {{"worker", _w->_index}, {"sid", sid}, {"connector", _connector_id}, {"reason", msg}});
+    if (!u->retry(_connector_id, msg)) {
+        u->abort(relay_counter::streams_failed_backend);
+    }
 }
 
 void tunnel_conn::on_data(uint32_t sid, std::span<const std::byte> bytes) {
@@ -747,6 +851,9 @@ void tunnel_conn::on_reset(uint32_t sid, tunnel::reason, std::string_view) {
     }
     user_conn* u = it->second;
     _streams.erase(it);
+    if (!u->acked() && u->retry(_connector_id, "stream reset before OPEN_ACK")) {
+        return;
+    }
     u->abort(relay_counter::streams_reset);
 }
 
@@ -826,6 +933,10 @@ void tunnel_conn::close_all_streams() {
     auto streams = std::move(_streams);
     _streams.clear();
     for (auto& [sid, u] : streams) {
+        // Not yet acknowledged: nothing reached the user, another connector may take it.
+        if (!u->acked() && u->retry(_connector_id, "tunnel lost before OPEN_ACK")) {
+            continue;
+        }
         // The tunnel is gone: every stream in flight is cut and says so (RST), never a clean end.
         u->abort(relay_counter::streams_reset);
     }
@@ -873,6 +984,7 @@ worker::worker(uint16_t index, uint16_t worker_count, config_cell* config)
     : _index(index), _worker_count(worker_count), _cfg(config, index), _events(4096),
       _scratch(k_scratch) {
     _by_group.resize(snap().groups.size());
+    _rng ^= (uint64_t(index) + 1) * 0xbf58476d1ce4e5b9ull;
 }
 
 worker::~worker() {
@@ -990,14 +1102,53 @@ void worker::mark_dirty(tunnel_conn* t) {
     }
 }
 
-tunnel_conn* worker::pick_tunnel(uint32_t group) {
-    if (group >= _by_group.size()) {
+tunnel_conn* worker::pick_tunnel(uint32_t group, const std::vector<std::string>* exclude) {
+    if (group >= _by_group.size() || _by_group[group].empty()) {
         return nullptr;
     }
-    // Least outstanding streams among this worker's ready tunnels of the group.
+    const auto& v = _by_group[group];
+    auto allowed = [exclude](const tunnel_conn* t) {
+        if (exclude != nullptr) {
+            for (const auto& id : *exclude) {
+                if (t->connector_id() == id) {
+                    return false;
+                }
+            }
+        }
+        return true;
+    };
+    // xorshift64: a cheap per-worker random source (no shared state).
+    auto next = [this] {
+        _rng ^= _rng << 13;
+        _rng ^= _rng >> 7;
+        _rng ^= _rng << 17;
+        return _rng;
+    };
+    const std::size_t n = v.size();
+    if (n > k_full_scan) {
+        // Power of two choices: the less loaded of two random tunnels; a few tries around
+        // excluded connectors, then the full scan below.
+        for (int i = 0; i < 4; ++i) {
+            tunnel_conn* a = v[next() % n];
+            tunnel_conn* b = v[next() % n];
+            if (!allowed(a)) {
+                a = b;
+            }
+            if (allowed(a) && allowed(b)) {
+                return b->stream_count() < a->stream_count() ? b : a;
+            }
+            if (allowed(a)) {
+                return a;
+            }
+        }
+    }
+    // Least outstanding streams; the scan starts at a random place so ties (short streams that
+    // finish before the next arrives) spread instead of all landing on the first tunnel.
+    const std::size_t start = next() % n;
     tunnel_conn* best = nullptr;
-    for (tunnel_conn* t : _by_group[group]) {
-        if (best == nullptr || t->stream_count() < best->stream_count()) {
+    for (std::size_t i = 0; i < n; ++i) {
+        tunnel_conn* t = v[(start + i) % n];
+        if (allowed(t) && (best == nullptr || t->stream_count() < best->stream_count())) {
             best = t;
         }
     }

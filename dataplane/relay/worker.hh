@@ -85,7 +85,9 @@ private:
     void service_dirty();
     void reap();
     void mark_dirty(tunnel_conn* t);
-    tunnel_conn* pick_tunnel(uint32_t group);
+    // A ready tunnel of the group on this worker for a new stream, never one of `exclude`'s
+    // connectors; nullptr when there is none.
+    tunnel_conn* pick_tunnel(uint32_t group, const std::vector<std::string>* exclude);
     void tunnel_ready(tunnel_conn* t);
     void tunnel_gone(tunnel_conn* t);
     void handoff(tunnel_conn* t, int fd);
@@ -129,6 +131,7 @@ private:
     std::vector<std::byte> _scratch; // plaintext: decrypt target and frame assembly
     bool _draining = false;
     uint64_t _now = 0;
+    uint64_t _rng = 0x9e3779b97f4a7c15ull; // xorshift state for tunnel choice, seeded per worker
 };
 
 } // namespace apprelay::relay
