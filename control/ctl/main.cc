@@ -1,0 +1,291 @@
+// apprelayctl: argument parsing and wiring only; requests and output live in client.cc and
+// output.cc.
+#include "control/ctl/client.hh"
+#include "control/ctl/output.hh"
+
+#include <CLI/CLI.hpp>
+#include <ctime>
+#include <fmt/format.h>
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace apprelay::ctl;
+using nlohmann::json;
+
+namespace {
+
+struct command {
+    api_call call;
+    renderer render;
+};
+
+// A command's work once arguments are parsed; a usage problem found then (an unreadable
+// --cert file) is reported through `usage_error`.
+using command_builder = std::function<command(std::string& usage_error)>;
+
+struct app_options {
+    std::string backend;
+    std::string hostname;
+    uint16_t port = 0;
+    std::string group;
+    std::string access;
+    std::vector<std::string> allow_groups;
+    std::string cert_file;
+    std::string key_file;
+};
+
+void add_app_options(CLI::App* sub, app_options& o, bool backend_required) {
+    auto* backend = sub->add_option("--backend", o.backend, "backend HOST:PORT");
+    if (backend_required) {
+        backend->required();
+    }
+    sub->add_option("--hostname", o.hostname, "external hostname (TLS SNI)");
+    sub->add_option("--port", o.port, "listen port on the relay")->check(CLI::Range(1, 65535));
+    sub->add_option("--group", o.group, "connector group (default Default)");
+    sub->add_option("--access", o.access, "access rule")
+        ->check(CLI::IsMember({"passthrough", "user-cert"}));
+    sub->add_option("--allow-group", o.allow_groups, "user group allowed (user-cert), repeatable");
+    auto* cert = sub->add_option("--cert", o.cert_file, "server certificate chain (PEM file)");
+    auto* key = sub->add_option("--key", o.key_file, "server private key (PEM file)");
+    cert->needs(key);
+    key->needs(cert);
+}
+
+std::optional<app_fields> to_fields(const app_options& o, std::string& usage_error) {
+    app_fields f;
+    auto set = [](std::optional<std::string>& field, const std::string& v) {
+        if (!v.empty()) {
+            field = v;
+        }
+    };
+    set(f.backend, o.backend);
+    set(f.hostname, o.hostname);
+    set(f.group, o.group);
+    set(f.access, o.access);
+    if (o.port != 0) {
+        f.listen_port = o.port;
+    }
+    f.allowed_user_groups = o.allow_groups;
+    if (!o.cert_file.empty()) {
+        f.cert_pem = read_text_file(o.cert_file, usage_error);
+        if (!f.cert_pem) {
+            return std::nullopt;
+        }
+        f.key_pem = read_text_file(o.key_file, usage_error);
+        if (!f.key_pem) {
+            return std::nullopt;
+        }
+    }
+    return f;
+}
+
+rendered text(std::string s) {
+    return rendered{std::move(s), {}};
+}
+
+renderer confirm(std::string action) {
+    return json_renderer([action](const json& j) { return text(format_confirmation(action, j)); });
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"apprelayctl: manage an apprelay relay through its admin API"};
+    app.require_subcommand(1);
+    app.fallthrough(); // global options are accepted after the command too
+
+    std::string socket_path;
+    std::string url;
+    std::string token;
+    std::string tenant(k_default_tenant);
+    bool json_output = false;
+    app.add_option("--socket", socket_path,
+                   "admin socket (default: $APPRELAY_ADMIN_SOCKET, else /run/apprelay/admin.sock)");
+    app.add_option("--url", url, "admin API over loopback TCP: http://127.0.0.1:PORT");
+    app.add_option("--token", token, "bearer token for --url (default: $APPRELAY_ADMIN_TOKEN)");
+    app.add_option("--tenant", tenant, "tenant (default: default)");
+    app.add_flag("--json", json_output, "print the API's JSON response as is");
+
+    std::vector<std::pair<CLI::App*, command_builder>> leaves;
+    auto leaf = [&](CLI::App* parent, const char* name, const char* help, command_builder b) {
+        CLI::App* sub = parent->add_subcommand(name, help);
+        leaves.emplace_back(sub, std::move(b));
+        return sub;
+    };
+    const int64_t now = std::time(nullptr);
+
+    leaf(&app, "status", "relay status", [](std::string&) {
+        return command{status_call(),
+                       json_renderer([](const json& j) { return text(format_status(j)); })};
+    });
+    leaf(&app, "metrics", "Prometheus metrics", [](std::string&) {
+        return command{metrics_call(), [](const std::string& body) { return text(body); }};
+    });
+
+    CLI::App* tenants = app.add_subcommand("tenants", "tenants")->require_subcommand(1);
+    leaf(tenants, "list", "list tenants", [](std::string&) {
+        return command{tenants_list_call(),
+                       json_renderer([](const json& j) { return text(format_tenants(j)); })};
+    });
+    std::string ca_tenant;
+    leaf(tenants, "ca", "print a tenant's CA certificate (PEM)",
+         [&](std::string&) {
+             return command{tenant_ca_call(ca_tenant),
+                            json_renderer([](const json& j) { return text(format_ca(j)); })};
+         })
+        ->add_option("NAME", ca_tenant, "tenant")
+        ->required();
+
+    CLI::App* groups = app.add_subcommand("groups", "connector groups")->require_subcommand(1);
+    leaf(groups, "list", "list groups", [&](std::string&) {
+        return command{groups_list_call(tenant),
+                       json_renderer([](const json& j) { return text(format_groups(j)); })};
+    });
+    std::string group_name;
+    std::string group_region;
+    auto* gcreate = leaf(groups, "create", "create a group", [&](std::string&) {
+        std::optional<std::string> region;
+        if (!group_region.empty()) {
+            region = group_region;
+        }
+        return command{group_create_call(tenant, group_name, region),
+                       confirm(fmt::format("created group {}", group_name))};
+    });
+    gcreate->add_option("NAME", group_name, "group name")->required();
+    gcreate->add_option("--region", group_region, "region label");
+    std::string group_new_name;
+    auto* grename = leaf(groups, "rename", "rename a group", [&](std::string&) {
+        return command{group_rename_call(tenant, group_name, group_new_name),
+                       confirm(fmt::format("renamed group {} to {}", group_name, group_new_name))};
+    });
+    grename->add_option("OLD", group_name, "current name")->required();
+    grename->add_option("NEW", group_new_name, "new name")->required();
+    bool group_force = false;
+    auto* gdelete = leaf(groups, "delete", "delete a group", [&](std::string&) {
+        return command{group_delete_call(tenant, group_name, group_force),
+                       json_renderer([&](const json& j) {
+                           return text(format_group_deleted(group_name, j));
+                       })};
+    });
+    gdelete->add_option("NAME", group_name, "group name")->required();
+    gdelete->add_flag("--force", group_force, "delete even with connectors (they move out)");
+
+    CLI::App* connectors = app.add_subcommand("connectors", "connectors")->require_subcommand(1);
+    leaf(connectors, "list", "list connectors", [&](std::string&) {
+        return command{connectors_list_call(tenant), json_renderer([now](const json& j) {
+                           return text(format_connectors(j, now));
+                       })};
+    });
+    std::string connector_id;
+    std::string connector_group;
+    auto* cmove = leaf(connectors, "move", "move a connector to a group", [&](std::string&) {
+        return command{
+            connector_move_call(tenant, connector_id, connector_group),
+            confirm(fmt::format("moved connector {} to group {}", connector_id, connector_group))};
+    });
+    cmove->add_option("ID", connector_id, "connector id")->required();
+    cmove->add_option("GROUP", connector_group, "target group")->required();
+    auto* cdelete = leaf(connectors, "delete", "delete (revoke) a connector", [&](std::string&) {
+        return command{connector_delete_call(tenant, connector_id),
+                       confirm(fmt::format("deleted connector {}", connector_id))};
+    });
+    cdelete->add_option("ID", connector_id, "connector id")->required();
+
+    CLI::App* apps = app.add_subcommand("apps", "applications")->require_subcommand(1);
+    leaf(apps, "list", "list applications", [&](std::string&) {
+        return command{apps_list_call(tenant),
+                       json_renderer([](const json& j) { return text(format_apps(j)); })};
+    });
+    std::string app_name;
+    app_options create_opts;
+    auto* acreate = leaf(apps, "create", "publish an application", [&](std::string& why) {
+        auto f = to_fields(create_opts, why);
+        return f ? command{app_create_call(tenant, app_name, *f),
+                           confirm(fmt::format("created app {}", app_name))}
+                 : command{};
+    });
+    acreate->add_option("NAME", app_name, "application name")->required();
+    add_app_options(acreate, create_opts, true);
+    app_options update_opts;
+    auto* aupdate = leaf(apps, "update", "change an application", [&](std::string& why) {
+        auto f = to_fields(update_opts, why);
+        return f ? command{app_update_call(tenant, app_name, *f),
+                           confirm(fmt::format("updated app {}", app_name))}
+                 : command{};
+    });
+    aupdate->add_option("NAME", app_name, "application name")->required();
+    add_app_options(aupdate, update_opts, false);
+    std::string app_group;
+    auto* aassign = leaf(apps, "assign", "assign an application to a group", [&](std::string&) {
+        return command{app_assign_call(tenant, app_name, app_group),
+                       confirm(fmt::format("assigned app {} to group {}", app_name, app_group))};
+    });
+    aassign->add_option("NAME", app_name, "application name")->required();
+    aassign->add_option("GROUP", app_group, "connector group")->required();
+    auto* adelete = leaf(apps, "delete", "delete an application", [&](std::string&) {
+        return command{app_delete_call(tenant, app_name),
+                       confirm(fmt::format("deleted app {}", app_name))};
+    });
+    adelete->add_option("NAME", app_name, "application name")->required();
+
+    CLI::App* tokens = app.add_subcommand("tokens", "enrollment tokens")->require_subcommand(1);
+    std::string token_group;
+    std::optional<uint64_t> token_ttl;
+    auto* tcreate = leaf(tokens, "create", "create an enrollment token", [&](std::string&) {
+        std::optional<std::string> group;
+        if (!token_group.empty()) {
+            group = token_group;
+        }
+        return command{token_create_call(tenant, group, token_ttl),
+                       json_renderer([](const json& j) { return format_token_created(j); })};
+    });
+    tcreate->add_option("--group", token_group, "group the connector joins (default Default)");
+    tcreate->add_option("--ttl", token_ttl, "lifetime in seconds (default 3600)");
+    leaf(tokens, "list", "list tokens", [&](std::string&) {
+        return command{tokens_list_call(tenant),
+                       json_renderer([](const json& j) { return text(format_tokens(j)); })};
+    });
+    std::string token_id;
+    leaf(tokens, "revoke", "revoke a token",
+         [&](std::string&) {
+             return command{token_revoke_call(tenant, token_id),
+                            confirm(fmt::format("revoked token {}", token_id))};
+         })
+        ->add_option("ID", token_id, "token id")
+        ->required();
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int code = app.exit(e);
+        return code == 0 ? k_exit_ok : k_exit_usage;
+    }
+
+    endpoint ep;
+    if (auto why = resolve_endpoint(socket_path, url, token, ep); !why.empty()) {
+        std::cerr << "error: " << why << '\n';
+        return k_exit_usage;
+    }
+    for (auto& [sub, build] : leaves) {
+        if (!sub->parsed()) {
+            continue;
+        }
+        std::string usage_error;
+        command cmd = build(usage_error);
+        if (!usage_error.empty()) {
+            std::cerr << "error: " << usage_error << '\n';
+            return k_exit_usage;
+        }
+        std::string out;
+        std::string err;
+        int rc = execute(admin_client(ep), cmd.call, cmd.render, json_output, out, err);
+        std::cout << out << std::flush;
+        std::cerr << err;
+        return rc;
+    }
+    std::cerr << app.help();
+    return k_exit_usage;
+}
