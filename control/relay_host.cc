@@ -1,19 +1,28 @@
 #include "control/relay_host.hh"
 
-#include "control/static_config.hh"
+#include "control/admin/http_server.hh"
+#include "control/admin/metrics.hh"
+#include "control/api/api.hh"
+#include "control/enroll/server.hh"
+#include "control/settings.hh"
+#include "control/snapshot_build.hh"
+#include "control/store/sqlite.hh"
 #include "dataplane/base/log.hh"
 #include "dataplane/core/core_map.hh"
 #include "dataplane/relay/worker.hh"
 #include "tls/context.hh"
+#include "tls/csr.hh"
 
 #include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <netdb.h>
 #include <nlohmann/json.hpp>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 #include <unordered_map>
@@ -101,55 +110,6 @@ bool write_atomically(const std::string& path, const std::string& text) {
     return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
-// Live tunnels per connector id and the version each reported, from the workers' events.
-struct connector_live {
-    uint32_t tunnels = 0;
-    std::string version;
-};
-using live_map = std::unordered_map<std::string, connector_live>;
-
-void drain_events(const std::vector<std::unique_ptr<relay::worker>>& workers, live_map* live) {
-    for (const auto& w : workers) {
-        relay::tunnel_event e;
-        while (w->events().try_pop(e)) {
-            auto& c = (*live)[e.connector_id];
-            if (e.what == relay::tunnel_event::kind::up) {
-                ++c.tunnels;
-                c.version = e.version;
-            } else if (c.tunnels > 0) {
-                --c.tunnels;
-            }
-        }
-    }
-}
-
-std::string stats_json(const relay::snapshot& snap,
-                       const std::vector<std::unique_ptr<relay::worker>>& workers,
-                       const live_map& live) {
-    nlohmann::json j;
-    nlohmann::json counters = nlohmann::json::object();
-    for (std::size_t i = 0; i < std::size_t(relay::relay_counter::count_); ++i) {
-        uint64_t sum = 0;
-        for (const auto& w : workers) {
-            sum += w->counters().get(i);
-        }
-        counters[std::string(relay::relay_counter_names[i])] = sum;
-    }
-    j["counters"] = counters;
-    j["tunnels_up"] = counters["tunnels_up"];
-    nlohmann::json conns = nlohmann::json::object();
-    for (std::size_t c = 0; c < snap.connectors.size(); ++c) {
-        auto it = live.find(snap.connectors[c].id);
-        uint32_t n = it == live.end() ? 0 : it->second.tunnels;
-        conns[snap.connectors[c].id] = {{"tunnels", n},
-                                        {"group", snap.groups[snap.connectors[c].group].name},
-                                        {"status", n > 0 ? "active" : "inactive"}};
-    }
-    j["connectors"] = conns;
-    j["config_version"] = snap.version;
-    return j.dump();
-}
-
 // Default: control on the first cpu, one worker on each other cpu.
 std::string fmt_default_core_map(const std::vector<int>& cpus) {
     std::string s = "control=" + std::to_string(cpus[0]) + ",workers=";
@@ -159,18 +119,322 @@ std::string fmt_default_core_map(const std::vector<int>& cpus) {
     return s;
 }
 
+int64_t unix_now() {
+    return std::chrono::duration_cast<std::chrono::seconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// The enrollment listener is a single socket (one thread serves it), not one per worker.
+result<int> make_single_listener(const std::string& hp, uint16_t* port, std::string* why) {
+    std::vector<int> fds;
+    if (!make_listeners(hp, 1, &fds, port, why)) {
+        return error(errc::io_error, "cannot listen");
+    }
+    return fds[0];
+}
+
+// Live tunnels per connector id and the version each reported, from the workers' events.
+struct connector_live {
+    uint32_t tunnels = 0;
+    std::string version;
+};
+
+// The control thread's state: store, admin API, snapshot publishing, connector status.
+class control_plane {
+public:
+    control_plane(const relay_settings& settings, const relay_options& opts,
+                  std::unique_ptr<sqlite_store> store, relay::config_cell* cell,
+                  const std::vector<std::unique_ptr<relay::worker>>* workers,
+                  uint64_t published_version)
+        : _settings(settings), _opts(opts), _store(std::move(store)), _api(*_store), _cell(cell),
+          _workers(workers), _version(published_version), _started(unix_now()) {}
+
+    void set_status(nlohmann::json status) { _status = std::move(status); }
+    void set_admin(std::unique_ptr<http_server> admin) { _admin = std::move(admin); }
+    http_response handle(const http_request& r);
+    void tick(); // one control loop iteration (admin requests, events, snapshot, status)
+    void finish();
+
+private:
+    void drain_events();
+    void sync_snapshot();
+    void upkeep(int64_t now);
+    std::string metrics();
+    nlohmann::json stats();
+
+    const relay_settings& _settings;
+    const relay_options& _opts;
+    std::unique_ptr<sqlite_store> _store;
+    admin_api _api;
+    relay::config_cell* _cell;
+    const std::vector<std::unique_ptr<relay::worker>>* _workers;
+    std::unique_ptr<http_server> _admin;
+    std::unordered_map<std::string, connector_live> _live;
+    nlohmann::json _status;
+    uint64_t _version;
+    bool _stale = false;
+    int64_t _started;
+    int64_t _next_seen = 0;
+    int64_t _next_purge = 0;
+    std::chrono::steady_clock::time_point _next_stats{};
+    std::chrono::steady_clock::time_point _next_version_check{};
+};
+
+http_response control_plane::handle(const http_request& r) {
+    live_view live;
+    live.now = unix_now();
+    live.tunnels_of = [this](const std::string& id) -> uint32_t {
+        auto it = _live.find(id);
+        return it == _live.end() ? 0 : it->second.tunnels;
+    };
+    nlohmann::json st = _status;
+    st["config_version"] = _version;
+    st["config_stale"] = _stale;
+    st["uptime_s"] = live.now - _started;
+    uint64_t up = 0;
+    for (const auto& w : *_workers) {
+        up += w->counters().get(relay::relay_counter::tunnels_up);
+    }
+    st["tunnels_up"] = up;
+    live.relay_status = std::move(st);
+    live.render_metrics = [this] { return metrics(); };
+    auto resp = _api.handle(r, live);
+    if (r.method != "GET") {
+        sync_snapshot(); // a change reaches new streams now, not at the next poll
+    }
+    return resp;
+}
+
+void control_plane::drain_events() {
+    const int64_t now = unix_now();
+    for (const auto& w : *_workers) {
+        relay::tunnel_event e;
+        while (w->events().try_pop(e)) {
+            auto& c = _live[e.connector_id];
+            if (e.what == relay::tunnel_event::kind::up) {
+                if (c.tunnels++ == 0) {
+                    // First tunnel: the connector answers PINGs end to end from now on.
+                    (void)_store->set_connector_status(e.connector_id, connector_status::active,
+                                                       now);
+                    log::info("connector_active",
+                              {{"connector", e.connector_id}, {"version", e.version}});
+                }
+                if (c.version != e.version) {
+                    c.version = e.version;
+                    (void)_store->connector_seen(e.connector_id, c.version, now);
+                }
+            } else if (c.tunnels > 0 && --c.tunnels == 0) {
+                (void)_store->set_connector_status(e.connector_id, connector_status::inactive, now);
+                (void)_store->connector_seen(e.connector_id, c.version, now);
+                log::info("connector_inactive", {{"connector", e.connector_id}});
+            }
+        }
+    }
+}
+
+void control_plane::sync_snapshot() {
+    auto v = _store->config_version();
+    if (!v) {
+        if (!_stale) {
+            log::error("config_stale", {{"reason", v.err().message}});
+        }
+        _stale = true; // keep serving on the last good snapshot (RELIABILITY.md Stale store)
+        return;
+    }
+    if (v.value() == _version) {
+        return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto view = _store->load();
+    std::string why;
+    if (!view) {
+        why = view.err().message;
+    } else {
+        for (const auto& w : view->warnings) {
+            log::warn("store_entry_skipped", {{"reason", w}});
+        }
+        auto cfg =
+            build_relay_config(view.value(), _settings,
+                               (std::filesystem::path(_settings.state_dir) / "pem").string(), &why);
+        if (cfg) {
+            _cell->publish(std::move(*cfg));
+            for (const auto& w : *_workers) {
+                w->wake();
+            }
+            _version = view->config_version;
+            _stale = false;
+            const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::steady_clock::now() - t0)
+                                .count();
+            log::info("config_published", {{"version", _version},
+                                           {"connectors", view->connectors.size()},
+                                           {"apps", view->apps.size()},
+                                           {"build_us", us}});
+            return;
+        }
+    }
+    if (!_stale) {
+        log::error("config_stale", {{"reason", why}});
+    }
+    _stale = true;
+}
+
+void control_plane::upkeep(int64_t now) {
+    if (now >= _next_seen) {
+        _next_seen = now + 30; // last_seen of active connectors, twice a minute
+        for (const auto& [id, c] : _live) {
+            if (c.tunnels > 0) {
+                (void)_store->connector_seen(id, c.version, now);
+            }
+        }
+    }
+    if (now >= _next_purge) {
+        _next_purge = now + std::clamp<int64_t>(_settings.inactive_purge_s / 4, 1, 60);
+        auto p = _store->purge_inactive(_settings.inactive_purge_s, now);
+        if (p && !p->value.empty()) {
+            for (const auto& id : p->value) {
+                log::info("connector_purged",
+                          {{"connector", id}, {"inactive_s", _settings.inactive_purge_s}});
+            }
+        }
+    }
+}
+
+std::string control_plane::metrics() {
+    metrics_input in;
+    in.counter_names = relay::relay_counter_names;
+    in.counter_help = relay::relay_counter_help;
+    static constexpr std::string_view k_gauges[] = {"tunnels_up", "user_conns_open"};
+    in.gauge_names = k_gauges;
+    for (const auto& w : *_workers) {
+        std::vector<uint64_t> v(std::size_t(relay::relay_counter::count_));
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            v[i] = w->counters().get(i);
+        }
+        in.workers.push_back(std::move(v));
+    }
+    auto view = _store->load();
+    if (view) {
+        std::map<std::tuple<std::string, std::string, std::string>, uint64_t> by;
+        for (const auto& g : view->groups) {
+            by[{g.tenant, g.name, "active"}] += 0;
+            by[{g.tenant, g.name, "inactive"}] += 0;
+        }
+        for (const auto& c : view->connectors) {
+            auto it = _live.find(c.id);
+            bool active = it != _live.end() && it->second.tunnels > 0;
+            by[{c.tenant, c.group, active ? "active" : "inactive"}] += 1;
+        }
+        for (const auto& [k, n] : by) {
+            in.connectors.push_back({std::get<0>(k), std::get<1>(k), std::get<2>(k), n});
+        }
+    }
+    in.config_version = _version;
+    in.uptime_s = uint64_t(unix_now() - _started);
+    return render_prometheus(in);
+}
+
+nlohmann::json control_plane::stats() {
+    nlohmann::json j;
+    nlohmann::json counters = nlohmann::json::object();
+    for (std::size_t i = 0; i < std::size_t(relay::relay_counter::count_); ++i) {
+        uint64_t sum = 0;
+        for (const auto& w : *_workers) {
+            sum += w->counters().get(i);
+        }
+        counters[std::string(relay::relay_counter_names[i])] = sum;
+    }
+    j["counters"] = counters;
+    j["tunnels_up"] = counters["tunnels_up"];
+    nlohmann::json conns = nlohmann::json::object();
+    for (const auto& [id, c] : _live) {
+        conns[id] = {{"tunnels", c.tunnels},
+                     {"version", c.version},
+                     {"status", c.tunnels > 0 ? "active" : "inactive"}};
+    }
+    j["connectors"] = conns;
+    j["config_version"] = _version;
+    j["config_stale"] = _stale;
+    return j;
+}
+
+void control_plane::tick() {
+    if (_admin) {
+        _admin->poll(20);
+    } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    drain_events();
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= _next_version_check) {
+        // Changes made outside the admin API (enrollment thread, another process) show up here.
+        _next_version_check = now + std::chrono::milliseconds(50);
+        sync_snapshot();
+    }
+    _cell->reclaim();
+    upkeep(unix_now());
+    if (!_opts.stats_file.empty() && now >= _next_stats) {
+        _next_stats = now + std::chrono::milliseconds(200);
+        write_atomically(_opts.stats_file, stats().dump());
+    }
+}
+
+void control_plane::finish() {
+    drain_events();
+    if (!_opts.stats_file.empty()) {
+        write_atomically(_opts.stats_file, stats().dump());
+    }
+}
+
+// Enrollment (PROTOCOL.md step 5) on the enrollment thread with its own store connection.
+enroll::enroll_reply enroll_one(sqlite_store& st, const enroll::enroll_request& req,
+                                uint16_t tunnel_port, const std::string& server_name,
+                                const std::string& relay_ca_pem) {
+    enroll::enroll_reply reply;
+    cert_signer signer = [&](const tls::pem_pair& ca, const std::string& id,
+                             const std::string& tenant) -> store_result<signed_cert> {
+        std::string why;
+        auto c = tls::sign_csr(ca, req.csr_pem, tls::identity{id, tenant, 365}, &why);
+        if (!c) {
+            return store_error{store_error::kind::refused, "invalid CSR: " + why};
+        }
+        return signed_cert{c->cert_pem, c->fingerprint};
+    };
+    auto r = st.enroll(req.token, req.name, req.version, signer, unix_now());
+    if (!r) {
+        reply.error = r.err().message;
+        return reply;
+    }
+    reply.ok = true;
+    reply.connector_id = r->value.id;
+    reply.tenant = r->value.tenant;
+    reply.group = r->value.group;
+    reply.cert_pem = r->value.cert_pem;
+    reply.ca_pem = relay_ca_pem;
+    reply.tunnel_port = tunnel_port;
+    reply.server_name = server_name;
+    log::info("connector_enrolled", {{"connector", reply.connector_id},
+                                     {"tenant", reply.tenant},
+                                     {"group", reply.group},
+                                     {"name", req.name},
+                                     {"version", req.version},
+                                     {"peer", req.peer}});
+    return reply;
+}
+
 } // namespace
 
 int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     log::set_component("relay");
     std::string why;
-    loaded_config cfg;
-    if (!load_static_config(opts.config_path, &cfg, &why)) {
+    relay_settings settings;
+    if (!load_settings(opts.config_path, &settings, &why)) {
         log::error("config_invalid", {{"file", opts.config_path}, {"reason", why}});
         return 2;
     }
     const auto cpus = core::available_cpus();
-    std::string spec = !opts.core_map.empty() ? opts.core_map : cfg.relay.core_map;
+    std::string spec = !opts.core_map.empty() ? opts.core_map : settings.core_map;
     if (spec.empty()) {
         spec = cpus.size() > 1 ? fmt_default_core_map(cpus) : "control=0,workers=0,shared=1";
     }
@@ -185,44 +449,90 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
         return 2;
     }
 
-    // TLS: user listener selects the app's certificate by SNI; tunnel listener is mutual TLS
-    // against every tenant CA (the tenant is then checked through the connector's record).
-    tls::server_options uo;
-    uo.default_cert = {cfg.relay.cert_path, cfg.relay.key_path};
-    uo.unknown_sni_fails = true;
-    for (std::size_t i = 0; i < cfg.snap->apps.size(); ++i) {
-        const auto& a = cfg.snap->apps[i];
-        uo.sni.push_back({a.hostname, {a.cert_path, a.key_path}, uint32_t(i)});
-    }
-    auto user_tls = tls::server_context::create(uo, &why);
-    if (!user_tls) {
-        log::error("tls_invalid", {{"listener", "user"}, {"reason", why}});
+    // State directory: the store and the PEM files OpenSSL loads (keys 0600, dir 0700).
+    std::error_code ec;
+    const auto state = std::filesystem::path(settings.state_dir);
+    std::filesystem::create_directories(state / "pem", ec);
+    if (ec) {
+        log::error("state_dir_invalid", {{"dir", settings.state_dir}, {"reason", ec.message()}});
         return 2;
     }
-    tls::server_options to;
-    to.default_cert = {cfg.relay.cert_path, cfg.relay.key_path};
-    for (const auto& t : cfg.snap->tenants) {
-        to.client_ca_pem_paths.push_back(t.ca_path);
-    }
-    auto tunnel_tls = tls::server_context::create(to, &why);
-    if (!tunnel_tls) {
-        log::error("tls_invalid", {{"listener", "tunnel"}, {"reason", why}});
+    ::chmod(settings.state_dir.c_str(), 0700);
+    const std::string db_path = (state / "apprelay.db").string();
+    auto st = sqlite_store::open(db_path, settings.server_name);
+    if (!st) {
+        log::error("store_failed", {{"db", db_path}, {"reason", st.err().message}});
         return 2;
     }
+    auto enroll_store = sqlite_store::open(db_path, settings.server_name);
+    if (!enroll_store) {
+        log::error("store_failed", {{"db", db_path}, {"reason", enroll_store.err().message}});
+        return 2;
+    }
+    std::unique_ptr<sqlite_store> store = std::move(st.value());
+    // After a restart nothing holds a tunnel yet: every connector starts inactive.
+    {
+        auto view = store->load();
+        if (view) {
+            for (const auto& c : view->connectors) {
+                if (c.status == connector_status::active) {
+                    (void)store->set_connector_status(c.id, connector_status::inactive, unix_now());
+                }
+            }
+        }
+    }
+    auto view = store->load();
+    if (!view) {
+        log::error("store_failed", {{"db", db_path}, {"reason", view.err().message}});
+        return 2;
+    }
+    for (const auto& w : view->warnings) {
+        log::warn("store_entry_skipped", {{"reason", w}});
+    }
+    auto first = build_relay_config(view.value(), settings, (state / "pem").string(), &why);
+    if (!first) {
+        log::error("tls_invalid", {{"reason", why}});
+        return 2;
+    }
+    const relay_identity identity = view->relay;
 
     std::vector<int> user_fds, tunnel_fds;
-    uint16_t user_port = 0, tunnel_port = 0;
-    if (!make_listeners(cfg.relay.user_listen, n, &user_fds, &user_port, &why) ||
-        !make_listeners(cfg.relay.tunnel_listen, n, &tunnel_fds, &tunnel_port, &why)) {
+    uint16_t user_port = 0, tunnel_port = 0, enroll_port = 0;
+    if (!make_listeners(settings.user_listen, n, &user_fds, &user_port, &why) ||
+        !make_listeners(settings.tunnel_listen, n, &tunnel_fds, &tunnel_port, &why)) {
         log::error("listen_failed", {{"reason", why}});
         return 2;
     }
+    auto enroll_fd = make_single_listener(settings.enroll_listen, &enroll_port, &why);
+    if (!enroll_fd) {
+        log::error("listen_failed", {{"reason", why}});
+        return 2;
+    }
+    auto chain = pem_file((state / "pem").string(), identity.server_cert_pem + identity.ca_cert_pem,
+                          false, &why);
+    auto key = pem_file((state / "pem").string(), identity.server_key_pem, true, &why);
+    if (!chain || !key) {
+        log::error("state_dir_invalid", {{"reason", why}});
+        return 2;
+    }
+    enroll::server_options eo;
+    eo.listen_fd = *enroll_fd;
+    eo.cert_chain_pem_path = *chain;
+    eo.key_pem_path = *key;
+    sqlite_store* es = enroll_store.value().get();
+    auto enroller = enroll::server::start(
+        eo,
+        [es, tunnel_port, &settings, &identity](const enroll::enroll_request& req) {
+            return enroll_one(*es, req, tunnel_port, settings.server_name, identity.ca_cert_pem);
+        },
+        &why);
+    if (!enroller) {
+        log::error("enroll_failed", {{"reason", why}});
+        return 2;
+    }
 
-    auto first = std::make_unique<relay::relay_config>();
-    first->snap = cfg.snap;
-    first->user_tls = *user_tls;
-    first->tunnel_tls = *tunnel_tls;
-    relay::config_cell cell(n, std::move(first));
+    const uint64_t first_version = view->config_version;
+    relay::config_cell cell(n, std::move(*first));
     std::vector<std::unique_ptr<relay::worker>> workers;
     for (std::size_t i = 0; i < n; ++i) {
         workers.push_back(std::make_unique<relay::worker>(uint16_t(i), uint16_t(n), &cell));
@@ -250,8 +560,29 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
         workers[i]->set_peers(std::move(peers), std::move(in), std::move(out));
     }
 
+    control_plane cp(settings, opts, std::move(store), &cell, &workers, first_version);
+    http_server_options ho;
+    ho.socket_path = settings.admin_socket;
+    ho.tcp_listen = settings.admin_listen;
+    ho.tcp_token = settings.admin_token;
+    auto admin = http_server::create(ho, [&cp](const http_request& r) { return cp.handle(r); });
+    if (!admin) {
+        log::error("admin_failed", {{"reason", admin.error}});
+        return 2;
+    }
+    const uint16_t admin_port = admin.server->tcp_port();
+    cp.set_admin(std::move(admin.server));
+    cp.set_status({{"version", APPRELAY_VERSION},
+                   {"workers", n},
+                   {"user_port", user_port},
+                   {"tunnel_port", tunnel_port},
+                   {"enroll_port", enroll_port},
+                   {"latest_connector_version", settings.latest_connector_version},
+                   {"min_connector_version", settings.min_connector_version}});
+
     std::atomic<bool> worker_stop{false};
     std::atomic<int> failed{0};
+    std::atomic<std::size_t> finished{0};
     std::vector<std::thread> threads;
     for (std::size_t i = 0; i < n; ++i) {
         threads.emplace_back([&, i] {
@@ -265,6 +596,7 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
                 log::error("worker_failed", {{"worker", i}, {"reason", rwhy}});
                 failed.fetch_add(1);
             }
+            finished.fetch_add(1);
         });
     }
     {
@@ -273,36 +605,40 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     }
     log::info("listening", {{"user_port", user_port},
                             {"tunnel_port", tunnel_port},
+                            {"enroll_port", enroll_port},
+                            {"admin_socket", settings.admin_socket},
+                            {"admin_port", admin_port},
                             {"workers", n},
+                            {"config_version", first_version},
                             {"core_map", core::to_string(*cm)}});
     if (!opts.ready_file.empty()) {
         nlohmann::json r = {{"pid", getpid()},
                             {"user_port", user_port},
                             {"tunnel_port", tunnel_port},
+                            {"enroll_port", enroll_port},
+                            {"admin_socket", settings.admin_socket},
+                            {"admin_port", admin_port},
+                            {"relay_ca_fingerprint", identity.ca_fingerprint},
                             {"workers", n}};
         write_atomically(opts.ready_file, r.dump());
     }
-    live_map live;
     while (!stop.load() && failed.load() == 0) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        drain_events(workers, &live);
-        cell.reclaim();
-        if (!opts.stats_file.empty()) {
-            write_atomically(opts.stats_file, stats_json(*cfg.snap, workers, live));
-        }
+        cp.tick();
     }
     log::info("stopping", {{"reason", failed.load() ? "worker failed" : "signal"}});
+    (*enroller)->stop();
     worker_stop.store(true);
     for (auto& w : workers) {
         w->wake();
     }
+    // Keep answering the admin API and collecting events while the workers drain.
+    while (finished.load() < n) {
+        cp.tick();
+    }
     for (auto& t : threads) {
         t.join();
     }
-    drain_events(workers, &live);
-    if (!opts.stats_file.empty()) {
-        write_atomically(opts.stats_file, stats_json(*cfg.snap, workers, live));
-    }
+    cp.finish();
     for (int fd : user_fds) {
         ::close(fd);
     }

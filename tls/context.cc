@@ -187,6 +187,67 @@ int on_servername(SSL* ssl, int* alert, void* arg) {
     return SSL_TLSEXT_ERR_OK;
 }
 
+void free_pin(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+    delete static_cast<std::string*>(ptr);
+}
+
+// The pin lives in the SSL_CTX's ex_data so it outlives the client_context for as long as a
+// session still references the SSL_CTX.
+int ctx_pin_slot() {
+    static const int slot = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, &free_pin);
+    return slot;
+}
+
+// Replaces OpenSSL's chain building for pinned clients: finds the pinned certificate among the
+// presented ones and verifies the leaf with it as the only trust anchor. The result goes into
+// the handshake's X509_STORE_CTX so SSL_get_verify_result() reports it as usual.
+int verify_pinned(X509_STORE_CTX* hs, void* arg) {
+    const auto* pin = static_cast<const std::string*>(arg);
+    X509* leaf = X509_STORE_CTX_get0_cert(hs);
+    STACK_OF(X509)* presented = X509_STORE_CTX_get0_untrusted(hs);
+    X509* anchor = nullptr;
+    if (leaf != nullptr && detail::sha256_hex(leaf) == *pin) {
+        anchor = leaf;
+    }
+    for (int i = 0; anchor == nullptr && i < sk_X509_num(presented); ++i) {
+        X509* c = sk_X509_value(presented, i);
+        if (detail::sha256_hex(c) == *pin) {
+            anchor = c;
+        }
+    }
+    if (leaf == nullptr || anchor == nullptr) {
+        X509_STORE_CTX_set_error(hs, X509_V_ERR_CERT_UNTRUSTED);
+        return 0;
+    }
+    X509_STORE* store = X509_STORE_new();
+    X509_STORE_CTX* check = X509_STORE_CTX_new();
+    int ok = 0;
+    int err = X509_V_ERR_OUT_OF_MEM;
+    if (store != nullptr && check != nullptr && X509_STORE_add_cert(store, anchor) == 1 &&
+        X509_STORE_CTX_init(check, store, leaf, presented) == 1 &&
+        X509_STORE_CTX_set_purpose(check, X509_PURPOSE_SSL_SERVER) == 1) {
+        X509_VERIFY_PARAM_set_depth(X509_STORE_CTX_get0_param(check), k_verify_depth);
+        ok = X509_verify_cert(check) == 1 ? 1 : 0;
+        err = X509_STORE_CTX_get_error(check);
+    }
+    X509_STORE_CTX_free(check);
+    X509_STORE_free(store);
+    X509_STORE_CTX_set_error(hs, ok == 1 ? X509_V_OK : err);
+    return ok;
+}
+
+bool set_pin(SSL_CTX* ctx, const std::string& fingerprint, std::string* why) {
+    auto* pin = new (std::nothrow) std::string(fingerprint);
+    if (pin == nullptr || SSL_CTX_set_ex_data(ctx, ctx_pin_slot(), pin) != 1) {
+        delete pin;
+        set_why(why, detail::describe("cannot attach fingerprint pin", "(client)"));
+        return false;
+    }
+    SSL_CTX_set_cert_verify_callback(ctx, &verify_pinned, pin);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+    return true;
+}
+
 bool is_ip_literal(const std::string& name) {
     unsigned char buf[sizeof(struct in6_addr)];
     return inet_pton(AF_INET, name.c_str(), buf) == 1 ||
@@ -295,7 +356,17 @@ result<std::shared_ptr<client_context>> client_context::create(const client_opti
         SSL_CTX_free(ctx);
         return error(errc::tls_error, "cannot create client TLS context");
     }
-    if (!opts.ca_pem_path.empty()) {
+    if (!opts.pinned_ca_fingerprint.empty()) {
+        if (!opts.ca_pem_path.empty()) {
+            set_why(why, "a client context takes either a CA file or a fingerprint pin, not both");
+            SSL_CTX_free(ctx);
+            return error(errc::invalid_argument, "CA file and pin both set");
+        }
+        if (!set_pin(ctx, opts.pinned_ca_fingerprint, why)) {
+            SSL_CTX_free(ctx);
+            return error(errc::tls_error, "cannot set fingerprint pin");
+        }
+    } else if (!opts.ca_pem_path.empty()) {
         if (SSL_CTX_load_verify_locations(ctx, opts.ca_pem_path.c_str(), nullptr) != 1) {
             set_why(why, detail::describe("cannot load CA", opts.ca_pem_path));
             SSL_CTX_free(ctx);

@@ -44,6 +44,11 @@ struct client_options {
     std::string ca_pem_path; // trust anchor for the server (relay CA); empty = no verify
     std::string server_name; // SNI sent and hostname verified (if verify)
     cert_source client_cert; // mutual TLS (connector identity); empty paths = none
+    // Enrollment (control/enroll/PROTOCOL.md step 3), instead of ca_pem_path: the server is
+    // accepted only if the chain it presents contains a certificate whose SHA-256 (DER, 64
+    // lowercase hex) equals this pin and its leaf verifies (purpose TLS server) against that
+    // certificate as the only trust anchor. No hostname check: the pin is the identity.
+    std::string pinned_ca_fingerprint;
 };
 
 class server_context {

@@ -1,10 +1,12 @@
 // apprelay-connector: argument parsing and signal wiring only (agent.cc does the work).
 #include "dataplane/base/log.hh"
 #include "dataplane/connector/agent.hh"
+#include "dataplane/connector/enroll.hh"
 
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <csignal>
+#include <cstdio>
 
 namespace {
 std::atomic<bool> g_stop{false};
@@ -19,19 +21,65 @@ int main(int argc, char** argv) {
     apprelay::connector::agent_options o;
     std::string level_name = "info";
     auto* run = app.add_subcommand("run", "keep tunnels to the relay and serve streams");
-    run->add_option("--relay", o.relay, "relay tunnel listener HOST:PORT")->required();
-    run->add_option("--cert", o.cert_path, "connector certificate (PEM)")->required();
-    run->add_option("--key", o.key_path, "connector private key (PEM)")->required();
-    run->add_option("--ca", o.ca_path, "relay CA certificate (PEM)")->required();
-    run->add_option("--id", o.id, "connector id (as registered at the relay)")->required();
-    run->add_option("--server-name", o.server_name, "relay certificate name to verify");
+    std::string state_dir;
+    auto* state_opt = run->add_option("--state-dir", state_dir,
+                                      "directory written by `register` (replaces "
+                                      "--relay --cert --key --ca --id --server-name)");
+    // Without --state-dir every identity flag is needed; with it, none may be given.
+    for (auto* opt : {run->add_option("--relay", o.relay, "relay tunnel listener HOST:PORT"),
+                      run->add_option("--cert", o.cert_path, "connector certificate (PEM)"),
+                      run->add_option("--key", o.key_path, "connector private key (PEM)"),
+                      run->add_option("--ca", o.ca_path, "relay CA certificate (PEM)"),
+                      run->add_option("--id", o.id, "connector id (as registered at the relay)")}) {
+        opt->excludes(state_opt);
+    }
+    run->add_option("--server-name", o.server_name, "relay certificate name to verify")
+        ->excludes(state_opt);
     run->add_option("--stats-file", o.stats_file, "rewrite counters JSON every 200 ms");
     run->add_option("--backoff-base-ms", o.backoff_base_ms, "reconnect backoff base");
     run->add_option("--backoff-cap-ms", o.backoff_cap_ms, "reconnect backoff cap");
     run->add_option("--log-level", level_name, "debug|info|warn|error")
         ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+
+    apprelay::connector::register_options reg;
+    auto* enroll = app.add_subcommand("register", "enroll with a relay using a one-time token");
+    enroll->add_option("--relay", reg.relay, "relay enrollment listener HOST:PORT")->required();
+    enroll->add_option("--token", reg.token, "enrollment token (art1....)")->required();
+    enroll->add_option("--state-dir", reg.state_dir, "where to write key, certificates, relay")
+        ->required();
+    enroll->add_option("--name", reg.name, "connector name shown by the relay (default: hostname)");
+
     app.set_version_flag("--version", APPRELAY_VERSION);
     CLI11_PARSE(app, argc, argv);
+    if (enroll->parsed()) {
+        std::string why;
+        auto done = apprelay::connector::register_connector(reg, &why);
+        if (!done.ok()) {
+            std::fprintf(stderr, "%s\n", why.c_str());
+            return done.code() == apprelay::errc::refused ? 1 : 2;
+        }
+        std::printf("registered connector %s in group %s of tenant %s\n",
+                    done->connector_id.c_str(), done->group.c_str(), done->tenant.c_str());
+        return 0;
+    }
+    if (!state_dir.empty()) {
+        std::string why;
+        auto st = apprelay::connector::load_state(state_dir, &why);
+        if (!st.ok()) {
+            std::fprintf(stderr, "%s\n", why.c_str());
+            return 2;
+        }
+        o.relay = st->relay;
+        o.server_name = st->server_name;
+        o.cert_path = st->cert_path;
+        o.key_path = st->key_path;
+        o.ca_path = st->ca_path;
+        o.id = st->connector_id;
+    } else if (o.relay.empty() || o.cert_path.empty() || o.key_path.empty() || o.ca_path.empty() ||
+               o.id.empty()) {
+        std::fprintf(stderr, "run needs --state-dir, or all of --relay --cert --key --ca --id\n");
+        return 2;
+    }
     using apprelay::log::level;
     apprelay::log::set_level(level_name == "debug"   ? level::debug
                              : level_name == "warn"  ? level::warn

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
 MiB = h.MiB
-REFUSED = ["tunnel_cert_rejected", "tunnel_unknown_connector", "tunnel_tls_failed"]
+REFUSED = ["tunnel_cert_rejected", "tunnel_unknown_connector", "tunnel_tls_failed",
+           "tunnel_protocol_errors"]
 
 
 def good_stream_works(env, c, what, seed):
@@ -81,11 +82,17 @@ def body(env):
     h.check(True, f"user_tls_failed {n0} -> {env.counter('user_tls_failed')}")
     good_stream_works(env, good, "plaintext on the user port", 3)
 
-    # 3. Connector certs from the wrong CA.
-    for cert, what in [("rogue-fab", "another tenant's CA (fabrikam) claiming id c1"),
-                       ("rogue-ext", "an unconfigured CA claiming id c1")]:
+    # 3. Connector certs from the wrong CA, and another tenant's (fabrikam) valid connector
+    # certificate claiming contoso's c1 in HELLO.
+    c1_id = env.connector_ids["c1"]
+    f1_dir = os.path.join(env.dir, "conn-f1")
+    for cert, key, what in [
+            (os.path.join(f1_dir, "cert.pem"), os.path.join(f1_dir, "key.pem"),
+             "another tenant's connector (fabrikam f1) claiming c1's id"),
+            ("rogue-ext.crt", "rogue-ext.key", "an unconfigured CA claiming id c1")]:
         r0 = sum(env.counter(n) for n in REFUSED)
-        p = env.start_connector("c1", cert=f"{cert}.crt", key=f"{cert}.key", name=f"rogue-{cert}")
+        p = env.start_connector("c1", cert=cert, key=key, claim_id=c1_id,
+                                name=f"rogue-{os.path.basename(key)}")
         total = env.wait_counters_sum(REFUSED, r0 + 1, timeout=15)
         st = env.stats()
         h.check(st.get("connectors", {}).get("c1", {}).get("tunnels") == 2,
@@ -97,8 +104,9 @@ def body(env):
     # 4. Malformed frame from a fake connector holding a valid connector cert.
     p0 = env.counter("tunnel_protocol_errors")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(env.pki.path("relay-ca.crt"))
-    ctx.load_cert_chain(env.pki.path("c1.crt"), env.pki.path("c1.key"))
+    ctx.load_verify_locations(env.relay_ca_path())
+    c1_dir = os.path.join(env.dir, "conn-c1")
+    ctx.load_cert_chain(os.path.join(c1_dir, "cert.pem"), os.path.join(c1_dir, "key.pem"))
     raw = socket.create_connection(("127.0.0.1", env.tunnel_port), timeout=10)
     fake = ctx.wrap_socket(raw, server_hostname=h.RELAY_SERVER_NAME)
     h.check(True, f"fake connector: mutual TLS established ({fake.version()})")

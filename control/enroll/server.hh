@@ -1,0 +1,95 @@
+#pragma once
+// The relay's enrollment listener (control/enroll/PROTOCOL.md): one thread, one connection at a
+// time. Per connection: TLS 1.3 handshake with the relay certificate chain (leaf + relay CA, so a
+// connector can match the CA fingerprint of its token), one JSON request line, the handler's
+// verdict as one JSON reply line, close. The handler does the store work (token, CSR, signing);
+// this file only moves bytes, bounds them, paces them and logs the outcome (never the token).
+#include "dataplane/base/result.hh"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+namespace apprelay::tls {
+class server_context;
+}
+
+namespace apprelay::enroll {
+
+// PROTOCOL.md step 4: one request line of at most 64 KiB, newline included.
+constexpr std::size_t k_max_request_line = 64 * 1024;
+
+struct enroll_request {
+    std::string token;
+    std::string csr_pem;
+    std::string name;    // requested connector name (untrusted, informative)
+    std::string version; // connector version
+    std::string peer;    // "address:port" of the connection, for the handler's own logs
+};
+
+// PROTOCOL.md step 6. When ok is false only `error` is sent.
+struct enroll_reply {
+    bool ok = false;
+    std::string error;
+    std::string connector_id;
+    std::string tenant;
+    std::string group;
+    std::string cert_pem;
+    std::string ca_pem;
+    uint16_t tunnel_port = 0;
+    std::string server_name;
+};
+
+// Runs on the server's thread, one request at a time; must not throw (an exception is answered
+// with "internal error").
+using enroll_handler = std::function<enroll_reply(const enroll_request&)>;
+
+struct server_options {
+    int listen_fd = -1;              // bound TCP socket; the server listens on it and closes it
+    std::string cert_chain_pem_path; // relay server certificate, then the relay CA
+    std::string key_pem_path;
+    // Handshake, request and reply of one connection must fit in this; a silent client holds the
+    // single connection slot at most this long.
+    uint32_t io_deadline_ms = 5000;
+    // Handler calls per second (token bucket, burst of the same size); connections beyond it are
+    // answered {"ok":false,"error":"busy"} without calling the handler.
+    uint32_t max_enrollments_per_s = 20;
+};
+
+// The JSON reply line (with its '\n') for a reply, as sent on the wire.
+std::string reply_line(const enroll_reply& reply);
+
+class server {
+public:
+    // Takes ownership of opts.listen_fd (closed on failure too).
+    static result<std::unique_ptr<server>> start(const server_options& opts, enroll_handler handler,
+                                                 std::string* why);
+    ~server(); // stop()
+    server(const server&) = delete;
+    server& operator=(const server&) = delete;
+
+    // Ends the thread within 100 ms, also in the middle of a connection. Idempotent.
+    void stop() noexcept;
+
+private:
+    server(const server_options& opts, enroll_handler handler,
+           std::shared_ptr<tls::server_context> ctx, int wake_fd);
+    void loop();
+    void serve(int fd, const std::string& peer);
+    bool take_rate_token();
+
+    server_options _opts;
+    enroll_handler _handler;
+    std::shared_ptr<tls::server_context> _ctx;
+    int _wake_fd; // eventfd: stop() makes it readable, every poll() watches it
+    double _tokens;
+    std::chrono::steady_clock::time_point _refilled;
+    std::atomic<bool> _stopped{false};
+    std::thread _thread;
+};
+
+} // namespace apprelay::enroll

@@ -1,0 +1,153 @@
+#include "control/snapshot_build.hh"
+
+#include "control/store/pem_util.hh"
+#include "dataplane/base/log.hh"
+#include "tls/ca.hh"
+
+#include <filesystem>
+#include <fmt/format.h>
+#include <unordered_map>
+
+namespace apprelay::control {
+namespace {
+
+std::string hex(std::string_view raw) {
+    static constexpr char k_digits[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : raw) {
+        out += k_digits[c >> 4];
+        out += k_digits[c & 15];
+    }
+    return out;
+}
+
+} // namespace
+
+result<std::string> pem_file(const std::string& dir, const std::string& pem, bool secret,
+                             std::string* why) {
+    std::string path = (std::filesystem::path(dir) / (hex(sha256(pem)) + ".pem")).string();
+    std::error_code ec;
+    if (std::filesystem::exists(path, ec)) {
+        return path;
+    }
+    auto w = tls::write_pem_file(path, pem, secret, why);
+    if (!w) {
+        return w.err();
+    }
+    return path;
+}
+
+result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view& view,
+                                                                const relay_settings& settings,
+                                                                const std::string& pem_dir,
+                                                                std::string* why) {
+    auto snap = std::make_shared<relay::snapshot>();
+    snap->version = view.config_version;
+    snap->limits = settings.limits;
+    snap->min_connector_version = settings.min_connector_version;
+    snap->latest_connector_version = settings.latest_connector_version;
+
+    std::unordered_map<std::string, uint32_t> tenant_index;
+    std::unordered_map<std::string, uint32_t> group_index; // "tenant/group"
+    std::vector<std::string> tenant_ca_paths;
+    for (const auto& t : view.tenants) {
+        auto ca = pem_file(pem_dir, t.ca_cert_pem, false, why);
+        if (!ca) {
+            return ca.err();
+        }
+        tenant_index.emplace(t.name, uint32_t(snap->tenants.size()));
+        snap->tenants.push_back({t.name, *ca});
+        tenant_ca_paths.push_back(*ca);
+    }
+    for (const auto& g : view.groups) {
+        auto ti = tenant_index.find(g.tenant);
+        if (ti == tenant_index.end()) {
+            continue; // the view is read in one transaction: cannot happen, skip defensively
+        }
+        group_index.emplace(g.tenant + "/" + g.name, uint32_t(snap->groups.size()));
+        snap->groups.push_back({ti->second, g.name});
+    }
+    for (const auto& c : view.connectors) {
+        auto gi = group_index.find(c.tenant + "/" + c.group);
+        if (gi == group_index.end()) {
+            continue;
+        }
+        relay::connector_entry e;
+        e.tenant = snap->groups[gi->second].tenant;
+        e.group = gi->second;
+        e.id = c.id;
+        e.fingerprint = c.fingerprint;
+        e.name = c.name;
+        snap->connectors.push_back(std::move(e));
+    }
+
+    // Relay identity: the server certificate chain (leaf + relay CA) for both listeners.
+    auto chain = pem_file(pem_dir, view.relay.server_cert_pem + view.relay.ca_cert_pem, false, why);
+    auto key = pem_file(pem_dir, view.relay.server_key_pem, true, why);
+    if (!chain || !key) {
+        return error(errc::io_error, "cannot write the relay certificate");
+    }
+
+    tls::server_options uo;
+    uo.default_cert = {*chain, *key};
+    uo.unknown_sni_fails = true;
+    for (const auto& a : view.apps) {
+        auto gi = group_index.find(a.tenant + "/" + a.group);
+        if (gi == group_index.end()) {
+            continue;
+        }
+        relay::app_entry e;
+        e.tenant = snap->groups[gi->second].tenant;
+        e.group = gi->second;
+        e.name = a.name;
+        e.hostname = a.hostname;
+        e.listen_port = a.listen_port;
+        e.backend = a.backend_host.find(':') != std::string::npos
+                        ? fmt::format("[{}]:{}", a.backend_host, a.backend_port)
+                        : fmt::format("{}:{}", a.backend_host, a.backend_port);
+        e.user_cert_required = a.access == access_mode::user_cert;
+        e.allowed_user_groups = a.allowed_user_groups;
+        if (!a.hostname.empty()) {
+            auto cert = pem_file(pem_dir, a.cert_pem, false, why);
+            auto k = pem_file(pem_dir, a.key_pem, true, why);
+            if (!cert || !k) {
+                return error(errc::io_error, "cannot write an app certificate");
+            }
+            e.cert_path = *cert;
+            e.key_path = *k;
+            uo.sni.push_back({a.hostname, {*cert, *k}, uint32_t(snap->apps.size())});
+        }
+        snap->apps.push_back(std::move(e));
+    }
+    relay::finalize(*snap);
+
+    auto user_tls = tls::server_context::create(uo, why);
+    if (!user_tls) {
+        *why = "user listener TLS: " + *why;
+        return user_tls.err();
+    }
+    tls::server_options to;
+    to.default_cert = {*chain, *key};
+    to.client_ca_pem_paths = tenant_ca_paths;
+    if (to.client_ca_pem_paths.empty()) {
+        // No tenant yet: no connector can be verified; the relay's own CA stands in so the
+        // listener still runs (and refuses every connector).
+        auto ca = pem_file(pem_dir, view.relay.ca_cert_pem, false, why);
+        if (!ca) {
+            return ca.err();
+        }
+        to.client_ca_pem_paths.push_back(*ca);
+    }
+    auto tunnel_tls = tls::server_context::create(to, why);
+    if (!tunnel_tls) {
+        *why = "tunnel listener TLS: " + *why;
+        return tunnel_tls.err();
+    }
+    auto cfg = std::make_unique<relay::relay_config>();
+    cfg->snap = std::move(snap);
+    cfg->user_tls = *user_tls;
+    cfg->tunnel_tls = *tunnel_tls;
+    return cfg;
+}
+
+} // namespace apprelay::control

@@ -1,0 +1,189 @@
+#pragma once
+// The control-plane store interface: every write is one transaction that either applies fully
+// and bumps the persisted config_version, or writes nothing and returns a store_error. SQLite
+// implements it (sqlite.hh); an etcd implementation can follow behind the same interface.
+// Not thread-safe: give each thread its own store object on the same database.
+#include "control/store/model.hh"
+#include "tls/ca.hh"
+
+#include <cassert>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace apprelay::control {
+
+struct store_error {
+    // Each kind maps to one admin API status (control/API.md).
+    enum class kind : uint8_t {
+        invalid,   // 400: malformed or missing field
+        not_found, // 404: unknown object
+        conflict,  // 409: exists, in use, not empty
+        refused,   // 422: rule refusal (deleting Default, expired token...)
+        internal,  // 500: database or crypto failure
+    };
+    kind k = kind::internal;
+    std::string message; // names the object and the reason
+};
+
+int http_status_of(store_error::kind k) noexcept;
+
+// A value or a store_error. Small on purpose: the store never throws past its interface.
+template <class T> class [[nodiscard]] store_result {
+public:
+    store_result(T v) : _v(std::in_place_index<0>, std::move(v)) {}
+    store_result(store_error e) : _v(std::in_place_index<1>, std::move(e)) {}
+
+    bool ok() const noexcept { return _v.index() == 0; }
+    explicit operator bool() const noexcept { return ok(); }
+    T& value() & {
+        assert(ok());
+        return std::get<0>(_v);
+    }
+    const T& value() const& {
+        assert(ok());
+        return std::get<0>(_v);
+    }
+    T&& value() && {
+        assert(ok());
+        return std::get<0>(std::move(_v));
+    }
+    T* operator->() { return &value(); }
+    const T* operator->() const { return &value(); }
+    const store_error& err() const& {
+        assert(!ok());
+        return std::get<1>(_v);
+    }
+
+private:
+    std::variant<T, store_error> _v;
+};
+
+template <> class [[nodiscard]] store_result<void> {
+public:
+    store_result() = default;
+    store_result(store_error e) : _e(std::move(e)) {}
+    bool ok() const noexcept { return !_e.has_value(); }
+    explicit operator bool() const noexcept { return ok(); }
+    const store_error& err() const& {
+        assert(!ok());
+        return *_e;
+    }
+
+private:
+    std::optional<store_error> _e;
+};
+
+// A successful change and the config_version it produced.
+template <class T> struct changed {
+    T value;
+    uint64_t config_version = 0;
+};
+
+// Fields of an app create or update; unset fields keep their value (update) or take the default
+// (create: no hostname, no listen port, group Default, passthrough, CA-issued certificate).
+struct app_fields {
+    std::optional<std::string> hostname; // "" removes it
+    std::optional<int64_t> listen_port;  // 0 removes it; else 1-65535
+    std::optional<std::string> backend;  // "host:port"
+    std::optional<std::string> group;
+    std::optional<access_mode> access;
+    std::optional<std::vector<std::string>> allowed_user_groups;
+    std::optional<std::string> cert_pem; // with key_pem: uploaded certificate (both or neither)
+    std::optional<std::string> key_pem;
+};
+
+struct new_token {
+    std::string id;
+    std::string token; // art1.<id>.<secret>.<relay-ca-fp>: shown once, never stored
+    std::string group;
+    int64_t expires_at = 0;
+};
+
+// What the enrollment signer returns: the connector's certificate, issued by the tenant CA.
+struct signed_cert {
+    std::string cert_pem;
+    std::string fingerprint;
+};
+// Called inside the enrollment transaction with the tenant CA, the fresh connector id and the
+// tenant name; an error rolls the whole enrollment back (its message is sent to the connector).
+using cert_signer = std::function<store_result<signed_cert>(
+    const tls::pem_pair& tenant_ca, const std::string& connector_id, const std::string& tenant)>;
+
+struct connector_counts {
+    uint64_t active = 0;
+    uint64_t inactive = 0;
+};
+
+class store {
+public:
+    virtual ~store() = default;
+
+    // Reads.
+    virtual store_result<uint64_t> config_version() = 0;
+    virtual store_result<store_view> load() = 0;
+    virtual store_result<relay_identity> relay() = 0;
+    virtual store_result<std::vector<tenant>> tenants() = 0;
+    virtual store_result<tenant> get_tenant(const std::string& name) = 0;
+    virtual store_result<std::vector<group>> groups(const std::string& tenant) = 0;
+    virtual store_result<std::vector<connector>> connectors(const std::string& tenant) = 0;
+    virtual store_result<std::vector<app>> apps(const std::string& tenant) = 0;
+    virtual store_result<std::vector<token_info>> tokens(const std::string& tenant,
+                                                         int64_t now) = 0;
+    virtual store_result<connector_counts> count_connectors() = 0;
+
+    // Admin writes. A write in an unknown tenant creates the tenant (own CA, group Default).
+    virtual store_result<changed<group>> create_group(const std::string& tenant,
+                                                      const std::string& name,
+                                                      const std::string& region, int64_t now) = 0;
+    virtual store_result<uint64_t> rename_group(const std::string& tenant, const std::string& name,
+                                                const std::string& new_name) = 0;
+    // Refused for Default and for a group used by apps; a group with connectors only with
+    // `force`, which moves them to Default (their ids are returned).
+    virtual store_result<changed<std::vector<std::string>>>
+    delete_group(const std::string& tenant, const std::string& name, bool force) = 0;
+
+    virtual store_result<uint64_t> move_connector(const std::string& tenant, const std::string& id,
+                                                  const std::string& group) = 0;
+    // Removes the connector and revokes its certificate fingerprint.
+    virtual store_result<uint64_t> delete_connector(const std::string& tenant,
+                                                    const std::string& id) = 0;
+
+    virtual store_result<changed<app>> create_app(const std::string& tenant,
+                                                  const std::string& name, const app_fields& f,
+                                                  int64_t now) = 0;
+    virtual store_result<changed<app>> update_app(const std::string& tenant,
+                                                  const std::string& name, const app_fields& f) = 0;
+    virtual store_result<uint64_t> delete_app(const std::string& tenant,
+                                              const std::string& name) = 0;
+
+    virtual store_result<changed<new_token>> create_token(const std::string& tenant,
+                                                          const std::string& group, int64_t ttl_s,
+                                                          int64_t now) = 0;
+    virtual store_result<uint64_t> revoke_token(const std::string& tenant,
+                                                const std::string& id) = 0;
+
+    // Enrollment (control/enroll/PROTOCOL.md step 5), one transaction: the token is checked and
+    // consumed, the signer called, the connector recorded in the token's group.
+    virtual store_result<changed<connector>> enroll(const std::string& token,
+                                                    const std::string& name,
+                                                    const std::string& version,
+                                                    const cert_signer& signer, int64_t now) = 0;
+
+    // Status upkeep by the control thread. Liveness is not configuration: these two do not bump
+    // config_version (the relay would otherwise rebuild its snapshot on every heartbeat).
+    virtual store_result<void> connector_seen(const std::string& id, const std::string& version,
+                                              int64_t now) = 0;
+    virtual store_result<void> set_connector_status(const std::string& id, connector_status s,
+                                                    int64_t now) = 0;
+    // Removes connectors inactive and unseen for more than max_age_s, revoking their
+    // fingerprints; returns their ids (config_version bumps only if any was removed).
+    virtual store_result<changed<std::vector<std::string>>> purge_inactive(int64_t max_age_s,
+                                                                           int64_t now) = 0;
+};
+
+} // namespace apprelay::control

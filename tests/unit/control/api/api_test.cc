@@ -1,0 +1,247 @@
+#include "control/api/api.hh"
+#include "control/store/pem_util.hh"
+#include "control/store/sqlite.hh"
+#include "dataplane/base/log.hh"
+
+#include <filesystem>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace apprelay::control {
+namespace {
+
+using json = nlohmann::json;
+constexpr int64_t k_now = 1'700'000'000;
+
+class api_test : public ::testing::Test {
+protected:
+    void SetUp() override {
+        log::set_level(log::level::warn);
+        char tmpl[] = "/tmp/apprelay-api-XXXXXX";
+        ASSERT_NE(mkdtemp(tmpl), nullptr);
+        _dir = tmpl;
+        auto s = sqlite_store::open(_dir + "/store.db", "relay.test");
+        ASSERT_TRUE(s.ok());
+        _store = std::move(s).value();
+        _api = std::make_unique<admin_api>(*_store);
+        _live.now = k_now;
+        _live.tunnels_of = [](const std::string&) { return 3u; };
+        _live.relay_status = {{"version", "0.1.0"}, {"workers", 2}, {"config_stale", false}};
+        _live.render_metrics = [] { return std::string("apprelay_up 1\n"); };
+    }
+    void TearDown() override {
+        _api.reset();
+        _store.reset();
+        std::filesystem::remove_all(_dir);
+    }
+    http_response call(const std::string& method, const std::string& path,
+                       const std::string& body = "",
+                       std::vector<std::pair<std::string, std::string>> query = {}) {
+        return _api->handle(http_request{method, path, std::move(query), body}, _live);
+    }
+    // Status and parsed body; the error text for 4xx/5xx.
+    json ok(const http_response& r, int status = 200) {
+        EXPECT_EQ(r.status, status) << r.body;
+        return json::parse(r.body);
+    }
+    void expect_error(const http_response& r, int status, const std::string& message) {
+        EXPECT_EQ(r.status, status) << r.body;
+        EXPECT_EQ(json::parse(r.body).value("error", ""), message);
+    }
+    std::string enroll(const std::string& group = "Default") {
+        auto t = ok(call("POST", "/v1/tenants/contoso/tokens", json{{"group", group}}.dump()), 201);
+        cert_signer signer = [](const tls::pem_pair& ca, const std::string& id,
+                                const std::string&) -> store_result<signed_cert> {
+            tls::leaf_options o;
+            o.common_name = id;
+            o.server = false;
+            o.client = true;
+            std::string why;
+            auto leaf = tls::issue_leaf(ca, o, &why);
+            return signed_cert{leaf->cert_pem, cert_fingerprint(leaf->cert_pem).value()};
+        };
+        auto c = _store->enroll(t["token"], "conn", "1.0", signer, k_now);
+        EXPECT_TRUE(c.ok());
+        return c.ok() ? c->value.id : "";
+    }
+
+    std::string _dir;
+    std::unique_ptr<sqlite_store> _store;
+    std::unique_ptr<admin_api> _api;
+    live_view _live;
+};
+
+TEST_F(api_test, status_merges_live_state_with_the_store) {
+    auto j = ok(call("GET", "/v1/status"));
+    EXPECT_EQ(j["version"], "0.1.0");
+    EXPECT_EQ(j["workers"], 2);
+    EXPECT_EQ(j["config_version"], _store->config_version().value());
+    EXPECT_EQ(j["connectors"]["active"], 0);
+    EXPECT_EQ(j["connectors"]["inactive"], 0);
+}
+
+TEST_F(api_test, metrics_come_from_the_live_view) {
+    auto r = call("GET", "/metrics");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.content_type, "text/plain; version=0.0.4");
+    EXPECT_EQ(r.body, "apprelay_up 1\n");
+}
+
+TEST_F(api_test, unknown_paths_and_methods) {
+    expect_error(call("GET", "/v1/x"), 404, "no such endpoint: GET /v1/x");
+    expect_error(call("GET", "/v1/tenants/contoso/widgets"), 404,
+                 "no such endpoint: GET /v1/tenants/contoso/widgets");
+    expect_error(call("PUT", "/v1/tenants/contoso/groups"), 405,
+                 "method PUT not allowed on /v1/tenants/contoso/groups (allowed: GET, POST)");
+    expect_error(call("POST", "/v1/status"), 405,
+                 "method POST not allowed on /v1/status (allowed: GET)");
+}
+
+TEST_F(api_test, tenants_are_created_on_first_post_and_unknown_on_get) {
+    expect_error(call("GET", "/v1/tenants/contoso/groups"), 404, "no tenant 'contoso'");
+    expect_error(call("GET", "/v1/tenants/contoso/ca"), 404, "no tenant 'contoso'");
+    auto g = ok(call("POST", "/v1/tenants/contoso/groups", R"({"name":"DR","region":"eu"})"), 201);
+    EXPECT_EQ(g["group"]["name"], "DR");
+    EXPECT_EQ(g["config_version"], _store->config_version().value());
+    auto ts = ok(call("GET", "/v1/tenants"));
+    ASSERT_EQ(ts["tenants"].size(), 1u);
+    EXPECT_EQ(ts["tenants"][0]["name"], "contoso");
+    auto ca = ok(call("GET", "/v1/tenants/contoso/ca"));
+    EXPECT_EQ(ca["ca_fingerprint"], ts["tenants"][0]["ca_fingerprint"]);
+    EXPECT_NE(ca["ca_pem"].get<std::string>().find("BEGIN CERTIFICATE"), std::string::npos);
+}
+
+TEST_F(api_test, bad_bodies_are_400_with_the_reason) {
+    const std::string path = "/v1/tenants/contoso/groups";
+    auto r = call("POST", path, R"({"name": )");
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(json::parse(r.body)["error"].get<std::string>().rfind("malformed JSON at byte 10", 0),
+              0u)
+        << r.body;
+    expect_error(call("POST", path, "[1]"), 400, "request body must be a JSON object");
+    expect_error(call("POST", path, R"({"name":"a","colour":1,"size":2})"), 400,
+                 "unknown fields 'colour', 'size'");
+    expect_error(call("POST", path, R"({"name":5})"), 400, "field 'name' must be a string");
+    expect_error(call("POST", path, R"({"region":"eu"})"), 400, "missing field 'name'");
+    expect_error(call("POST", path, R"({"name":"a b"})"), 400,
+                 "invalid group name 'a b': names are 1-64 characters of A-Z a-z 0-9 . _ -");
+    // None of them wrote anything.
+    expect_error(call("GET", path), 404, "no tenant 'contoso'");
+}
+
+TEST_F(api_test, group_lifecycle) {
+    ok(call("POST", "/v1/tenants/contoso/groups", R"({"name":"DR"})"), 201);
+    expect_error(call("POST", "/v1/tenants/contoso/groups", R"({"name":"DR"})"), 409,
+                 "group 'DR' already exists in tenant 'contoso'");
+    std::string id = enroll("DR");
+    ok(call("POST", "/v1/tenants/contoso/apps",
+            R"({"name":"hr","hostname":"hr.contoso.com","backend":"10.0.0.5:443","group":"DR"})"),
+       201);
+    auto gs = ok(call("GET", "/v1/tenants/contoso/groups"));
+    ASSERT_EQ(gs["groups"].size(), 2u);
+    EXPECT_EQ(gs["groups"][0]["name"], "DR");
+    EXPECT_EQ(gs["groups"][0]["connectors"], 1);
+    EXPECT_EQ(gs["groups"][0]["active"], 0);
+    EXPECT_EQ(gs["groups"][0]["apps"], json::array({"hr"}));
+
+    expect_error(call("DELETE", "/v1/tenants/contoso/groups/DR"), 409,
+                 "group 'DR' is used by apps: hr");
+    ok(call("DELETE", "/v1/tenants/contoso/apps/hr"));
+    expect_error(call("DELETE", "/v1/tenants/contoso/groups/DR"), 409,
+                 "group 'DR' has connectors: " + id + " (force moves them to Default)");
+    expect_error(call("DELETE", "/v1/tenants/contoso/groups/DR", "", {{"force", "maybe"}}), 400,
+                 "query parameter 'force' must be 1 or 0, not 'maybe'");
+    ok(call("PATCH", "/v1/tenants/contoso/groups/DR", R"({"name":"Backup"})"));
+    expect_error(call("PATCH", "/v1/tenants/contoso/groups/Default", R"({"name":"X"})"), 422,
+                 "group 'Default' cannot be renamed");
+    expect_error(call("DELETE", "/v1/tenants/contoso/groups/Default"), 422,
+                 "group 'Default' cannot be deleted");
+    auto d = ok(call("DELETE", "/v1/tenants/contoso/groups/Backup", "", {{"force", "1"}}));
+    EXPECT_EQ(d["moved_connectors"], json::array({id}));
+    EXPECT_EQ(d["config_version"], _store->config_version().value());
+}
+
+TEST_F(api_test, connectors_list_move_and_delete) {
+    ok(call("POST", "/v1/tenants/contoso/groups", R"({"name":"DR"})"), 201);
+    std::string id = enroll();
+    auto cs = ok(call("GET", "/v1/tenants/contoso/connectors"));
+    ASSERT_EQ(cs["connectors"].size(), 1u);
+    EXPECT_EQ(cs["connectors"][0]["id"], id);
+    EXPECT_EQ(cs["connectors"][0]["tunnels"], 3);
+    EXPECT_EQ(cs["connectors"][0]["status"], "inactive");
+    EXPECT_EQ(cs["connectors"][0]["first_seen"], k_now);
+    ok(call("PATCH", "/v1/tenants/contoso/connectors/" + id, R"({"group":"DR"})"));
+    EXPECT_EQ(ok(call("GET", "/v1/tenants/contoso/connectors"))["connectors"][0]["group"], "DR");
+    expect_error(call("PATCH", "/v1/tenants/contoso/connectors/" + id, R"({"group":"Nope"})"), 404,
+                 "no group 'Nope' in tenant 'contoso'");
+    ok(call("DELETE", "/v1/tenants/contoso/connectors/" + id));
+    expect_error(call("DELETE", "/v1/tenants/contoso/connectors/" + id), 404,
+                 "no connector '" + id + "' in tenant 'contoso'");
+    EXPECT_EQ(_store->load().value().revoked_fingerprints.size(), 1u);
+}
+
+TEST_F(api_test, apps_create_update_delete) {
+    auto a = ok(call("POST", "/v1/tenants/contoso/apps",
+                     R"({"name":"hr","hostname":"hr.contoso.com","backend":"10.0.0.5:443"})"),
+                201);
+    EXPECT_EQ(a["app"]["group"], "Default");
+    EXPECT_EQ(a["app"]["access"], "passthrough");
+    EXPECT_EQ(a["app"]["backend"], "10.0.0.5:443");
+    expect_error(call("POST", "/v1/tenants/contoso/apps", R"({"name":"x","hostname":"x.c"})"), 400,
+                 "missing field 'backend'");
+    expect_error(call("POST", "/v1/tenants/contoso/apps",
+                      R"({"name":"x","hostname":"x.c","backend":"a:1","listen_port":"80"})"),
+                 400, "field 'listen_port' must be an integer");
+    expect_error(call("POST", "/v1/tenants/contoso/apps",
+                      R"({"name":"x","hostname":"x.c","backend":"a:1","access":"open"})"),
+                 400, "field 'access' must be 'passthrough' or 'user-cert', not 'open'");
+    expect_error(call("POST", "/v1/tenants/fabrikam/apps",
+                      R"({"name":"hr","hostname":"hr.contoso.com","backend":"b:1"})"),
+                 409, "hostname 'hr.contoso.com' is already used by app 'hr' in tenant 'contoso'");
+    auto p =
+        ok(call("PATCH", "/v1/tenants/contoso/apps/hr",
+                R"({"access":"user-cert","allowed_user_groups":["finance"],"listen_port":8443})"));
+    EXPECT_EQ(p["app"]["access"], "user-cert");
+    EXPECT_EQ(p["app"]["listen_port"], 8443);
+    expect_error(call("PATCH", "/v1/tenants/contoso/apps/hr", R"({"name":"other"})"), 400,
+                 "unknown field 'name'");
+    expect_error(call("PATCH", "/v1/tenants/contoso/apps/hr", R"({"allowed_user_groups":[1]})"),
+                 400, "field 'allowed_user_groups' must be an array of strings");
+    auto list = ok(call("GET", "/v1/tenants/contoso/apps"));
+    ASSERT_EQ(list["apps"].size(), 1u);
+    EXPECT_EQ(list["apps"][0]["allowed_user_groups"], json::array({"finance"}));
+    ok(call("DELETE", "/v1/tenants/contoso/apps/hr"));
+    expect_error(call("DELETE", "/v1/tenants/contoso/apps/hr"), 404,
+                 "no app 'hr' in tenant 'contoso'");
+}
+
+TEST_F(api_test, tokens_create_list_revoke) {
+    auto t = ok(call("POST", "/v1/tenants/contoso/tokens", ""), 201);
+    EXPECT_EQ(t["group"], "Default");
+    EXPECT_EQ(t["expires_at"], k_now + 3600);
+    EXPECT_EQ(t["token"].get<std::string>().substr(0, 5), "art1.");
+    expect_error(call("POST", "/v1/tenants/contoso/tokens", R"({"ttl_s":2592001})"), 400,
+                 "ttl_s 2592001 exceeds the maximum of 2592000");
+    expect_error(call("POST", "/v1/tenants/contoso/tokens", R"({"group":"DR"})"), 404,
+                 "no group 'DR' in tenant 'contoso'");
+    auto list = ok(call("GET", "/v1/tenants/contoso/tokens"));
+    ASSERT_EQ(list["tokens"].size(), 1u);
+    EXPECT_EQ(list["tokens"][0]["state"], "valid");
+    EXPECT_FALSE(list["tokens"][0].contains("token"));
+    std::string id = t["id"];
+    ok(call("DELETE", "/v1/tenants/contoso/tokens/" + id));
+    EXPECT_EQ(ok(call("GET", "/v1/tenants/contoso/tokens"))["tokens"][0]["state"], "revoked");
+    expect_error(call("DELETE", "/v1/tenants/contoso/tokens/" + id), 409,
+                 "token '" + id + "' is already revoked");
+    expect_error(call("GET", "/v1/tenants/contoso/tokens/" + id), 405,
+                 "method GET not allowed on /v1/tenants/contoso/tokens/" + id +
+                     " (allowed: DELETE)");
+}
+
+TEST_F(api_test, exceptions_inside_become_500) {
+    _live.render_metrics = []() -> std::string { throw std::runtime_error("boom"); };
+    expect_error(call("GET", "/metrics"), 500, "internal error: boom");
+}
+
+} // namespace
+} // namespace apprelay::control
