@@ -56,7 +56,7 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
             return ca.err();
         }
         tenant_index.emplace(t.name, uint32_t(snap->tenants.size()));
-        snap->tenants.push_back({t.name, *ca});
+        snap->tenants.push_back({t.name, *ca, t.ca_fingerprint});
         tenant_ca_paths.push_back(*ca);
     }
     for (const auto& g : view.groups) {
@@ -91,6 +91,15 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
     tls::server_options uo;
     uo.default_cert = {*chain, *key};
     uo.unknown_sni_fails = true;
+    for (const auto& a : view.apps) {
+        if (a.access == access_mode::user_cert) {
+            // Some app checks user certificates: ask every user for one (optional), verified
+            // against the tenant CAs; each app's rule decides after the handshake.
+            uo.client_cert_optional = true;
+            uo.client_ca_pem_paths = tenant_ca_paths;
+            break;
+        }
+    }
     for (const auto& a : view.apps) {
         auto gi = group_index.find(a.tenant + "/" + a.group);
         if (gi == group_index.end()) {

@@ -172,6 +172,13 @@ result<pem_pair> issue_leaf(const pem_pair& ca, const leaf_options& opts, std::s
     if (!cert || X509_set_issuer_name(cert.get(), X509_get_subject_name(ca_cert.get())) != 1) {
         return fail(why, "cannot build certificate", opts.common_name);
     }
+    for (const auto& ou : opts.organizational_units) {
+        if (X509_NAME_add_entry_by_NID(
+                X509_get_subject_name(cert.get()), NID_organizationalUnitName, MBSTRING_UTF8,
+                reinterpret_cast<const unsigned char*>(ou.c_str()), -1, -1, 0) != 1) {
+            return fail(why, "cannot add OU to", opts.common_name);
+        }
+    }
     std::string eku;
     if (opts.server) {
         eku = "serverAuth";

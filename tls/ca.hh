@@ -24,6 +24,8 @@ struct leaf_options {
     bool client = false;                // extendedKeyUsage clientAuth
     int days = 365;
     int not_before_offset_days = 0; // negative/positive to make expired / not-yet-valid certs
+    // Subject OU entries (user certificates: the user's groups, checked by app access rules).
+    std::vector<std::string> organizational_units;
 };
 result<pem_pair> issue_leaf(const pem_pair& ca, const leaf_options& opts, std::string* why);
 

@@ -109,7 +109,14 @@ bool load_cert(SSL_CTX* ctx, const cert_source& src, std::string* why) {
     return true;
 }
 
-bool load_client_cas(SSL_CTX* ctx, const std::vector<std::string>& paths, std::string* why) {
+// Optional client certificates: verification runs and its result is kept
+// (SSL_get_verify_result), but never aborts the handshake.
+int accept_any(int, X509_STORE_CTX*) {
+    return 1;
+}
+
+bool load_client_cas(SSL_CTX* ctx, const std::vector<std::string>& paths, bool optional,
+                     std::string* why) {
     if (paths.empty()) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
         return true;
@@ -134,7 +141,11 @@ bool load_client_cas(SSL_CTX* ctx, const std::vector<std::string>& paths, std::s
         }
     }
     SSL_CTX_set_client_CA_list(ctx, names); // takes ownership
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    if (optional) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, &accept_any);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    }
     SSL_CTX_set_verify_depth(ctx, k_verify_depth);
     return true;
 }
@@ -153,7 +164,7 @@ SSL_CTX* new_server_ctx(const server_options& opts, const cert_source* cert, std
         return nullptr;
     }
     if ((cert != nullptr && !load_cert(ctx, *cert, why)) ||
-        !load_client_cas(ctx, opts.client_ca_pem_paths, why)) {
+        !load_client_cas(ctx, opts.client_ca_pem_paths, opts.client_cert_optional, why)) {
         SSL_CTX_free(ctx);
         return nullptr;
     }

@@ -37,6 +37,10 @@ struct server_options {
     // Mutual TLS: when non-empty, the client must present a certificate chaining to one of these
     // CA files (PEM). Tunnel listener: every tenant CA.
     std::vector<std::string> client_ca_pem_paths;
+    // User listener: a client certificate is asked for but not required, and a bad one does not
+    // fail the handshake; session::peer_root_fingerprint() is empty unless it verified. Access
+    // rules of each app decide afterwards (passthrough apps never look).
+    bool client_cert_optional = false;
     bool session_tickets = false;
 };
 

@@ -256,6 +256,43 @@ std::string session::peer_fingerprint() const {
     return detail::sha256_hex(SSL_get0_peer_certificate(as_ssl(_ssl)));
 }
 
+std::string session::peer_root_fingerprint() const {
+    if (_ssl == nullptr || SSL_get0_peer_certificate(as_ssl(_ssl)) == nullptr ||
+        SSL_get_verify_result(as_ssl(_ssl)) != X509_V_OK) {
+        return {};
+    }
+    STACK_OF(X509)* chain = SSL_get0_verified_chain(as_ssl(_ssl));
+    if (chain == nullptr || sk_X509_num(chain) == 0) {
+        return {};
+    }
+    return detail::sha256_hex(sk_X509_value(chain, sk_X509_num(chain) - 1));
+}
+
+std::vector<std::string> session::peer_organizational_units() const {
+    std::vector<std::string> out;
+    if (_ssl == nullptr || SSL_get_verify_result(as_ssl(_ssl)) != X509_V_OK) {
+        return out;
+    }
+    X509* cert = SSL_get0_peer_certificate(as_ssl(_ssl));
+    if (cert == nullptr) {
+        return out;
+    }
+    X509_NAME* subject = X509_get_subject_name(cert);
+    for (int idx = X509_NAME_get_index_by_NID(subject, NID_organizationalUnitName, -1); idx >= 0;
+         idx = X509_NAME_get_index_by_NID(subject, NID_organizationalUnitName, idx)) {
+        ASN1_STRING* data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx));
+        unsigned char* utf8 = nullptr;
+        int len = ASN1_STRING_to_UTF8(&utf8, data);
+        if (len >= 0) {
+            out.emplace_back(reinterpret_cast<char*>(utf8), std::size_t(len));
+            OPENSSL_free(utf8);
+        } else {
+            ERR_clear_error();
+        }
+    }
+    return out;
+}
+
 std::string session::peer_common_name() const {
     if (_ssl == nullptr || SSL_get_verify_result(as_ssl(_ssl)) != X509_V_OK) {
         return {};

@@ -15,6 +15,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace apprelay::tls {
 
@@ -61,6 +62,11 @@ public:
     std::string peer_fingerprint() const;
     // Subject CN of the verified peer certificate; empty if none.
     std::string peer_common_name() const;
+    // SHA-256 (64 hex) of the trust anchor the peer certificate verified against; empty if the
+    // peer sent none or it did not verify.
+    std::string peer_root_fingerprint() const;
+    // Subject OU values of the verified peer certificate (user groups); empty if none.
+    std::vector<std::string> peer_organizational_units() const;
     // Human-readable reason of the last failure (OpenSSL error queue + verify result), for logs.
     std::string last_error() const;
 

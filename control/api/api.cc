@@ -1,5 +1,7 @@
 #include "control/api/api.hh"
 
+#include "tls/ca.hh"
+
 #include <algorithm>
 #include <exception>
 #include <initializer_list>
@@ -277,6 +279,50 @@ http_response admin_api::route(const http_request& r, const live_view& live) {
             return fail(t.err());
         }
         return reply(200, {{"ca_pem", t->ca_cert_pem}, {"ca_fingerprint", t->ca_fingerprint}});
+    }
+
+    if (kind == "users" && !item) {
+        // User certificate for trials and tests: issued by the tenant CA, subject OU = the user's
+        // groups (what user-cert apps check). Not stored: the relay trusts the CA, not a list.
+        if (m != "POST") {
+            return not_allowed("POST");
+        }
+        body b(r.body, {"name", "groups", "days"});
+        auto user = b.str("name");
+        auto groups = b.strings("groups");
+        int64_t days = b.integer("days").value_or(30);
+        if (b.problem) {
+            return fail(400, *b.problem);
+        }
+        if (!user || user->empty() || user->size() > 64) {
+            return fail(400, "name: required, 1-64 characters");
+        }
+        if (!groups || groups->empty()) {
+            return fail(400, "groups: at least one user group is required");
+        }
+        if (days < 1 || days > 825) {
+            return fail(400, "days: must be 1..825");
+        }
+        auto t = _store.get_tenant(tenant);
+        if (!t) {
+            return fail(t.err());
+        }
+        tls::leaf_options lo;
+        lo.common_name = *user;
+        lo.server = false;
+        lo.client = true;
+        lo.days = int(days);
+        lo.organizational_units = *groups;
+        std::string why;
+        auto cert = tls::issue_leaf({t->ca_cert_pem, t->ca_key_pem}, lo, &why);
+        if (!cert) {
+            return fail(500, "cannot issue user certificate: " + why);
+        }
+        return reply(201, {{"name", *user},
+                           {"groups", *groups},
+                           {"cert_pem", cert->cert_pem},
+                           {"key_pem", cert->key_pem},
+                           {"ca_pem", t->ca_cert_pem}});
     }
 
     if (kind == "groups" && !item) {

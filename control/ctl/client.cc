@@ -186,6 +186,15 @@ api_call token_revoke_call(std::string_view tenant, std::string_view id) {
     return call("DELETE", tenant_base(tenant) + "/tokens/" + percent_encode(id));
 }
 
+api_call user_issue_call(std::string_view tenant, std::string_view name,
+                         const std::vector<std::string>& groups, std::optional<uint64_t> days) {
+    json b = {{"name", name}, {"groups", groups}};
+    if (days) {
+        b["days"] = *days;
+    }
+    return call("POST", tenant_base(tenant) + "/users", b);
+}
+
 exchange admin_client::send(const api_call& c) const {
     exchange x;
     if (_ep.url.empty()) {

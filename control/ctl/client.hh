@@ -70,6 +70,8 @@ api_call tokens_list_call(std::string_view tenant);
 api_call token_create_call(std::string_view tenant, const std::optional<std::string>& group,
                            std::optional<uint64_t> ttl_s);
 api_call token_revoke_call(std::string_view tenant, std::string_view id);
+api_call user_issue_call(std::string_view tenant, std::string_view name,
+                         const std::vector<std::string>& groups, std::optional<uint64_t> days);
 
 // Where the relay's admin API is: a UNIX socket, or a loopback URL with a bearer token.
 struct endpoint {

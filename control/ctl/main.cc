@@ -2,6 +2,7 @@
 // output.cc.
 #include "control/ctl/client.hh"
 #include "control/ctl/output.hh"
+#include "tls/ca.hh"
 
 #include <CLI/CLI.hpp>
 #include <ctime>
@@ -256,6 +257,35 @@ int main(int argc, char** argv) {
          })
         ->add_option("ID", token_id, "token id")
         ->required();
+
+    CLI::App* users = app.add_subcommand("users", "user certificates (issued by the tenant CA)")
+                          ->require_subcommand(1);
+    std::string user_name;
+    std::vector<std::string> user_groups;
+    std::optional<uint64_t> user_days;
+    std::string user_out;
+    auto* uissue = leaf(users, "issue", "issue a user certificate", [&](std::string&) {
+        return command{user_issue_call(tenant, user_name, user_groups, user_days),
+                       json_renderer([&user_out, &user_name](const json& j) {
+                           // The key goes to a 0600 file, never to the terminal.
+                           std::string why;
+                           auto c = apprelay::tls::write_pem_file(
+                               user_out + ".crt", j.value("cert_pem", ""), false, &why);
+                           auto k = apprelay::tls::write_pem_file(
+                               user_out + ".key", j.value("key_pem", ""), true, &why);
+                           if (!c || !k) {
+                               return text("error: " + why + "\n");
+                           }
+                           return text(fmt::format(
+                               "issued user certificate for {} ({}): {}.crt, {}.key\n", user_name,
+                               j.value("groups", json::array()).dump(), user_out, user_out));
+                       })};
+    });
+    uissue->add_option("NAME", user_name, "user name (certificate CN)")->required();
+    uissue->add_option("--group", user_groups, "user group (subject OU); repeat for several")
+        ->required();
+    uissue->add_option("--days", user_days, "validity in days (default 30)");
+    uissue->add_option("--out", user_out, "write OUT.crt and OUT.key (0600)")->required();
 
     try {
         app.parse(argc, argv);

@@ -36,6 +36,7 @@ public:
     tls_transport& operator=(const tls_transport&) = delete;
 
     tls::session& tls() noexcept { return *_tls; }
+    const tls::session& tls() const noexcept { return *_tls; }
     conn_id id() const noexcept { return _id; }
     uring_loop* loop() const noexcept { return _loop; }
     // After a hand-over to another worker's loop (nothing may be in flight).

@@ -13,6 +13,7 @@ namespace apprelay::relay {
     X(streams_failed_no_connector, "user sessions refused: the app's group has no live tunnel")    \
     X(streams_failed_limit, "user sessions refused: tunnel stream limit")                          \
     X(streams_failed_backend, "streams refused by the connector (OPEN_FAIL)")                      \
+    X(streams_failed_not_allowed, "user sessions refused: the app's access rule (user cert/group)")  \
     X(streams_retried, "OPENs retried on another connector (refused before any byte moved)")       \
     X(streams_closed, "streams finished cleanly in both directions")                               \
     X(streams_reset, "streams ended by a reset (either side, tunnel loss)")                        \

@@ -14,6 +14,7 @@ namespace apprelay::relay {
 struct tenant_entry {
     std::string name;
     std::string ca_path; // verifies this tenant's connector certificates
+    std::string ca_fingerprint; // user certificates for this tenant's apps chain to it
 };
 
 struct group_entry {

@@ -75,6 +75,7 @@ public:
     // connector of the group. False when the retry budget or the candidates are exhausted.
     bool retry(std::string_view failed_connector, std::string_view why);
     bool acked() const { return _acked; }
+    bool user_allowed(const app_entry& app) const;
     void tunnel_fin();
     void stream_closed();
     void abort(relay_counter why);
@@ -233,6 +234,24 @@ void user_conn::opened() {
     }
 }
 
+bool user_conn::user_allowed(const app_entry& app) const {
+    // A certificate verified against this app's tenant CA, carrying one of the allowed groups
+    // (subject OU). A certificate from another tenant (another forest) never qualifies.
+    const auto& tenant = _w->snap().tenants[app.tenant];
+    std::string root = _tx.tls().peer_root_fingerprint();
+    if (root.empty() || root != tenant.ca_fingerprint) {
+        return false;
+    }
+    for (const auto& ou : _tx.tls().peer_organizational_units()) {
+        for (const auto& g : app.allowed_user_groups) {
+            if (ou == g) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 bool user_conn::retry(std::string_view failed_connector, std::string_view why) {
     _t = nullptr;
     const auto& snap = _w->snap();
@@ -330,6 +349,15 @@ void user_conn::start_stream() {
     }
     const app_entry& app = snap.apps[found->second];
     _app_host = found->first;
+    if (app.user_cert_required && !user_allowed(app)) {
+        _w->_counters.add(relay_counter::streams_failed_not_allowed);
+        log::info("user_refused", {{"worker", _w->_index},
+                                   {"app", app.name},
+                                   {"user", _tx.tls().peer_common_name()},
+                                   {"reason", "not allowed"}});
+        close_now(true);
+        return;
+    }
     tunnel_conn* t = _w->pick_tunnel(app.group, nullptr);
     if (t == nullptr) {
         _w->_counters.add(relay_counter::streams_failed_no_connector);
