@@ -2,6 +2,7 @@
 
 #include "dataplane/base/log.hh"
 #include "dataplane/base/time.hh"
+#include "dataplane/connector/status_http.hh"
 #include "dataplane/io/tls_transport.hh"
 #include "dataplane/io/tunnel_pump.hh"
 #include "dataplane/io/uring/loop.hh"
@@ -13,6 +14,7 @@
 #include <fstream>
 #include <memory>
 #include <netdb.h>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <unordered_map>
@@ -178,7 +180,9 @@ public:
     // From the relay's CONFIG frames; no OPEN is accepted before the first one.
     std::optional<tunnel::connector_config> config;
     uint64_t config_version = 0;
-    int fatal_code = 0; // set when the relay refuses this connector for good
+    int fatal_code = 0;         // set when the relay refuses this connector for good
+    std::string latest_version; // advertised by the relay in HELLO_ACK
+    std::unique_ptr<status_http> http;
     bool draining = false;
     uint64_t now = 0;
     uint64_t last_tunnel_ns = 0;
@@ -200,6 +204,8 @@ public:
         }
     }
     void write_stats();
+    std::string status_json() const;
+    std::string metrics_text() const;
 };
 
 // ------------------------------------------------------------------------------ backend_conn
@@ -483,6 +489,7 @@ void tunnel_link::on_hello_ack(const tunnel::hello_ack& a) {
     log::info("tunnel_up", {{"worker", _worker},
                             {"relay_workers", a.worker_count},
                             {"latest_version", a.latest_version}});
+    _a->latest_version = std::string(a.latest_version);
     _a->ensure_links(a.worker_count);
 }
 
@@ -651,17 +658,48 @@ void tunnel_link::fail(std::string_view why) {
 
 // ------------------------------------------------------------------------------------ agent
 
-void agent::write_stats() {
-    std::string s = "{\"counters\":{";
+std::string agent::status_json() const {
+    nlohmann::json j;
+    nlohmann::json c = nlohmann::json::object();
     for (std::size_t i = 0; i < std::size_t(connector_counter::count_); ++i) {
-        s += (i ? ",\"" : "\"") + std::string(connector_counter_names[i]) +
-             "\":" + std::to_string(counters.get(i));
+        c[std::string(connector_counter_names[i])] = counters.get(i);
     }
-    s += "},\"id\":\"" + opts.id + "\",\"relay\":\"" + opts.relay + "\",\"version\":\"" +
-         opts.version + "\",\"config_version\":" + std::to_string(config_version) +
-         ",\"tenant\":\"" + (config ? config->tenant : "") + "\",\"group\":\"" +
-         (config ? config->group : "") +
-         "\",\"tunnels_up\":" + std::to_string(counters.get(connector_counter::tunnels_up)) + "}";
+    j["counters"] = c;
+    j["id"] = opts.id;
+    j["relay"] = opts.relay;
+    j["version"] = opts.version;
+    j["latest_version"] = latest_version;
+    j["config_version"] = config_version;
+    j["tenant"] = config ? config->tenant : "";
+    j["group"] = config ? config->group : "";
+    j["tunnels_up"] = counters.get(connector_counter::tunnels_up);
+    return j.dump();
+}
+
+std::string agent::metrics_text() const {
+    std::string out;
+    for (std::size_t i = 0; i < std::size_t(connector_counter::count_); ++i) {
+        std::string name = std::string(connector_counter_names[i]);
+        const bool gauge = name == "tunnels_up";
+        std::string metric = "apprelay_connector_" + name + (gauge ? "" : "_total");
+        out += "# HELP " + metric + " " + std::string(connector_counter_help[i]) + "\n";
+        out += "# TYPE " + metric + (gauge ? " gauge\n" : " counter\n");
+        out += metric + " " + std::to_string(counters.get(i)) + "\n";
+    }
+    out += "# HELP apprelay_connector_config_version version of the last CONFIG from the relay\n";
+    out += "# TYPE apprelay_connector_config_version gauge\n";
+    out += "apprelay_connector_config_version " + std::to_string(config_version) + "\n";
+    return out;
+}
+
+void agent::write_stats() {
+    if (http) {
+        http->publish(metrics_text(), status_json());
+    }
+    if (opts.stats_file.empty()) {
+        return;
+    }
+    std::string s = status_json();
     std::string tmp = opts.stats_file + ".tmp";
     {
         std::ofstream f(tmp, std::ios::trunc);
@@ -694,6 +732,14 @@ int agent::run(const std::atomic<bool>& stop) {
         return 2;
     }
     loop = std::move(*l);
+    if (!opts.metrics_listen.empty()) {
+        http = status_http::start(opts.metrics_listen, &why);
+        if (!http) {
+            log::error("metrics_failed", {{"reason", why}});
+            return 2;
+        }
+        log::info("metrics_listening", {{"port", http->port()}});
+    }
     now = mono_ns();
     last_tunnel_ns = now;
     links.push_back(std::make_unique<tunnel_link>(this, k_any_worker));
@@ -758,7 +804,7 @@ int agent::run(const std::atomic<bool>& stop) {
             code = 3;
             break;
         }
-        if (!opts.stats_file.empty() && now >= next_stats) {
+        if ((!opts.stats_file.empty() || http) && now >= next_stats) {
             next_stats = now + 200'000'000ull;
             write_stats();
         }

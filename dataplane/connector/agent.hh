@@ -37,6 +37,7 @@ struct agent_options {
     std::string id; // this connector's id (must match the relay's record)
     std::string version = APPRELAY_VERSION;
     std::string stats_file;
+    std::string metrics_listen;      // HOST:PORT for GET /metrics and /status (empty: none)
     uint32_t backoff_base_ms = 1000; // full jitter, doubling up to the cap
     uint32_t backoff_cap_ms = 32000;
     uint32_t give_up_after_ms = 600'000; // exit non-zero after this long with no tunnel

@@ -2,6 +2,7 @@
 #include "dataplane/base/log.hh"
 #include "dataplane/connector/agent.hh"
 #include "dataplane/connector/enroll.hh"
+#include "dataplane/connector/status_http.hh"
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -36,6 +37,8 @@ int main(int argc, char** argv) {
     run->add_option("--server-name", o.server_name, "relay certificate name to verify")
         ->excludes(state_opt);
     run->add_option("--stats-file", o.stats_file, "rewrite counters JSON every 200 ms");
+    run->add_option("--metrics-listen", o.metrics_listen,
+                    "serve GET /metrics and /status on HOST:PORT (e.g. 127.0.0.1:9464)");
     run->add_option("--backoff-base-ms", o.backoff_base_ms, "reconnect backoff base");
     run->add_option("--backoff-cap-ms", o.backoff_cap_ms, "reconnect backoff cap");
     run->add_option("--log-level", level_name, "debug|info|warn|error")
@@ -49,8 +52,17 @@ int main(int argc, char** argv) {
         ->required();
     enroll->add_option("--name", reg.name, "connector name shown by the relay (default: hostname)");
 
+    std::string status_addr = "127.0.0.1:9464";
+    bool status_json = false;
+    auto* status = app.add_subcommand("status", "show a running connector's state");
+    status->add_option("--metrics", status_addr, "the connector's --metrics-listen HOST:PORT");
+    status->add_flag("--json", status_json, "print the JSON as is");
+
     app.set_version_flag("--version", APPRELAY_VERSION);
     CLI11_PARSE(app, argc, argv);
+    if (status->parsed()) {
+        return apprelay::connector::print_status(status_addr, status_json);
+    }
     if (enroll->parsed()) {
         std::string why;
         auto done = apprelay::connector::register_connector(reg, &why);
