@@ -421,9 +421,9 @@ result<void> mux::impl::on_open(const frame_decoder::frame& f) {
         return fail(o.err().code, o.err().detail);
     }
     _highest_sid = sid;
-    if (!charge()) {
-        return rate_limited();
-    }
+    // Opens themselves are not charged: concurrency is bounded by max_streams, and an open that
+    // is then reset (Rapid Reset) pays through its RST. Charging opens capped new sessions at
+    // the bucket rate per tunnel (measured: 324 of 3,000 refused at 650/s over 2 tunnels).
     // Refusals go out as RST (the id is used now) and are charged like any reset.
     if (_goaway_sent || _goaway_received) {
         if (!charge()) {
@@ -706,11 +706,7 @@ result<uint32_t> mux::open(std::string_view app, std::string_view target, uint64
     if (m._next_sid > k_max_window) {
         return error(errc::stream_limit, "stream ids exhausted on this tunnel");
     }
-    m.refill(now_ns);
-    if (!m.charge()) {
-        m._counters.add(mux_counter::rate_limited);
-        return error(errc::overloaded, "open/reset budget exhausted");
-    }
+    m.refill(now_ns); // keeps the reset budget current for this stream's possible RST
     uint32_t sid = m._next_sid;
     m._next_sid += 2;
     m._highest_sid = sid;

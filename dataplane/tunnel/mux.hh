@@ -22,7 +22,8 @@ struct mux_limits {
     uint32_t max_frame = k_default_max_frame;
     uint32_t initial_window = 256 * 1024; // per stream, both directions
     uint32_t max_streams = 4096;
-    // Token bucket per tunnel: opens + resets (+ frames on closed streams).
+    // Token bucket per tunnel: resets sent and received (+ frames on closed streams); opens
+    // are bounded by max_streams instead.
     uint32_t open_reset_rate = 200;
     uint32_t open_reset_burst = 400;
     uint32_t max_control_queue = 1000;  // queued outbound control frames (PONG, WINDOW, RST...)

@@ -71,13 +71,13 @@ const std::vector<mux_row> k_rows = {
      [](wire& w) { w.open(1).window(1, 0); }, scope::stream, errc::ok, reason::protocol_error, 1},
     // Bucket burst 400: OPEN 1 + RST 1 + 398 late frames = 400 tokens exactly.
     {"M20", "late frames within the budget", role::connector, 4096, 0,
-     [](wire& w) { w.open(1).rst(1).times(398, [](wire& x) { x.data(1, 1); }); }, scope::none},
+     [](wire& w) { w.open(1).rst(1).times(399, [](wire& x) { x.data(1, 1); }); }, scope::none},
     {"M20", "late frames beyond the budget", role::connector, 4096, 0,
-     [](wire& w) { w.open(1).rst(1).times(399, [](wire& x) { x.data(1, 1); }); }, scope::tunnel,
+     [](wire& w) { w.open(1).rst(1).times(400, [](wire& x) { x.data(1, 1); }); }, scope::tunnel,
      errc::overloaded},
     {"M20", "OPEN+RST flood", role::connector, 4096, 0,
      [](wire& w) {
-         for (uint32_t sid = 1; sid < 2 * 201; sid += 2) {
+         for (uint32_t sid = 1; sid < 2 * 401; sid += 2) { // 401 RSTs: one past the burst
              w.open(sid).rst(sid);
          }
      },

@@ -333,7 +333,8 @@ TEST(stream_mux, connector_does_not_send_data_before_open_ack) {
 
 TEST(stream_mux, open_rst_flood_hits_rate_limit) {
     conn_fixture c;
-    // Each OPEN and each RST costs a token; the burst of 400 lasts 200 pairs at a frozen clock.
+    // Each RST costs a token (OPENs are free: max_streams bounds them); the burst of 400 lasts
+    // 400 pairs at a frozen clock.
     result<void> res;
     int pairs = 0;
     for (uint32_t sid = 1; pairs < 1000; sid += 2, ++pairs) {
@@ -343,7 +344,7 @@ TEST(stream_mux, open_rst_flood_hits_rate_limit) {
         }
     }
     ASSERT_FALSE(res.ok());
-    EXPECT_EQ(pairs, 200); // pair 200 spends tokens 399 and 400; pair 201 finds it empty
+    EXPECT_EQ(pairs, 400); // pair 400 spends token 400; pair 401's RST finds it empty
     EXPECT_EQ(res.err().detail, "open/reset budget exhausted");
     EXPECT_EQ(c.m->counters().get(mux_counter::rate_limited), 1u);
 }
@@ -352,7 +353,7 @@ TEST(stream_mux, open_rst_at_the_refill_rate_is_not_limited) {
     conn_fixture c;
     uint64_t now = k_now;
     for (uint32_t sid = 1; sid < 4001; sid += 2) {
-        now += 10'000'000; // 100 pairs/s = 200 tokens/s, exactly the refill rate
+        now += 5'000'000; // 200 pairs/s = 200 tokens/s, exactly the refill rate
         auto res = c.rx(wire{}.open(sid).rst(sid), now);
         ASSERT_TRUE(res.ok()) << sid << " " << res.err().detail;
         drain(*c.m); // the owner flushes the OPEN_ACKs (else the control queue limit trips)
@@ -371,7 +372,7 @@ TEST(stream_mux, late_frames_are_charged_to_the_budget) {
         }
     }
     EXPECT_FALSE(res.ok());
-    EXPECT_EQ(n, 398); // 400 - OPEN - RST
+    EXPECT_EQ(n, 399); // 400 - RST
     // A frame on an id never opened is forged, not late.
     conn_fixture d;
     EXPECT_EQ(d.rx(wire{}.window(7, 1)).code(), errc::protocol_error);
