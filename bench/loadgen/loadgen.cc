@@ -1,19 +1,39 @@
-// apprelay-loadgen: end-to-end load generator for the user side of the relay.
+// apprelay-loadgen: end-to-end load generator for the user side of the relay (or any TLS
+// endpoint in front of an echo backend, e.g. the HAProxy peer in bench/peers/).
 //
 //   --connect 127.0.0.1:PORT --sni web.contoso.test --ca ca.crt --streams N --concurrency C
-//   --bytes B --mode echo [--threads T] [--half-close] [--timeout SECONDS] [--json]
+//   --bytes B [--mode echo|rr|idle|probe] [--duration SECONDS] [--threads T] [--half-close]
+//   [--timeout SECONDS] [--rate STREAMS_PER_S] [--json]
 //
-// Each stream: TCP connect, TLS handshake (SNI + verification against --ca), send B bytes of the
-// stream's pattern, read the echo back and compare it byte for byte, then close_notify + close.
-// With --half-close the client sends close_notify right after its last byte and expects the full
-// echo followed by the peer's close (clean end of both directions).
+// --rate paces new streams (all threads together); without it streams start as fast as the
+// concurrency allows.
+//
+// Modes (each stream is one TCP connection with a full TLS handshake, SNI + verification
+// against --ca, no resumption):
+//   echo  send B bytes of the stream's pattern, read the echo back and compare it byte for byte,
+//         then close_notify + close. With --half-close the client sends close_notify right after
+//         its last byte and expects the full echo followed by the peer's close. The latency
+//         recorded is the whole stream (connect + handshake + echo): with B = 1 KiB this is the
+//         "new user session" scenario, with large B the bulk scenario.
+//   rr    request/response: C streams stay open; each sends a B-byte request, waits for the
+//         B-byte echo, records that round trip, and repeats until --duration has passed.
+//   idle  open C streams, echo B bytes once on each (so the stream reached the backend), then
+//         hold them open: print one JSON line {"event":"idle_ready",...} and wait until stdin
+//         reaches EOF (or --duration passes); then close them all cleanly.
+//   probe failover probe: print {"event":"probe_ready"}, wait for a line (or EOF) on stdin -- the
+//         caller kills a connector right before it writes that line -- then open single echo
+//         streams of B bytes one after the other (each bounded by k_probe_attempt_s) until one
+//         succeeds or --timeout passes; report the seconds from the line to that success.
+// Latencies go into an HDR-style log-bucketed histogram (histogram.hh): p50/p99/p99.9.
 //
 // Stream pattern: byte i of stream s is ((i + s) * 31 + 7) & 0xff, so bytes that land on the
-// wrong stream or at the wrong offset are caught (period 256, shifted per stream).
+// wrong stream or at the wrong offset are caught (period 256, shifted per stream). In rr mode
+// the offset keeps counting across requests.
 //
 // Each thread runs one epoll loop over nonblocking sockets and owns its streams and TLS sessions
 // (tls::session on memory BIOs: this file moves ciphertext between the socket and the session).
-// State per stream: connecting -> handshaking -> transferring -> done | failed.
+// State per stream: connecting -> handshaking -> transferring [-> holding] -> done | failed.
+#include "bench/loadgen/histogram.hh"
 #include "tls/context.hh"
 #include "tls/session.hh"
 
@@ -28,9 +48,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <mutex>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <string>
 #include <string_view>
@@ -45,19 +65,29 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 using apprelay::errc;
+using apprelay::bench::latency_histogram;
 
 constexpr std::size_t k_chunk = 16 * 1024;             // one TLS record of plaintext per write
 constexpr std::size_t k_max_pending_out = 256 * 1024;  // stop encrypting while the socket lags
 constexpr std::size_t k_max_buffered_in = 1024 * 1024; // stop reading the socket past this
 constexpr std::size_t k_pattern_period = 256;
 constexpr int k_max_events = 256;
-constexpr int k_max_rounds = 64; // bound of the per-event drive loop
+constexpr int k_max_rounds = 64;    // bound of the per-event drive loop
+constexpr int k_epoll_wait_ms = 50; // how late a thread may notice the deadline or a release
+constexpr int k_pace_wait_ms = 2;   // --rate: stream starts come in steps of at most this
+constexpr double k_pace_burst_s = 0.05;
+// A probe stream routed to a connector that is dead but not yet detected may hang; give up on it
+// well before the relay's 3 s ping timeout would retry it, and try a new stream.
+constexpr double k_probe_attempt_s = 1.0;
+
+enum class run_mode { echo, rr, idle, probe };
 
 struct options {
     sockaddr_in addr{};
     std::string connect;
     std::string sni;
     std::string ca;
+    run_mode mode = run_mode::echo;
     uint64_t streams = 1;
     uint64_t concurrency = 1;
     uint64_t bytes = 64 * 1024;
@@ -65,20 +95,26 @@ struct options {
     bool half_close = false;
     bool json = false;
     double timeout_s = 120; // whole run; a stream alone may not exceed it either
+    double duration_s = 10; // rr: measured window; idle: longest hold
+    double rate = 0;        // new streams per second over all threads; 0 = as fast as possible
 };
 
-enum class state { connecting, handshaking, transferring, done, failed };
+enum class state { connecting, handshaking, transferring, holding, done, failed };
 
 struct stream {
     uint64_t id = 0;
     int fd = -1;
     std::unique_ptr<apprelay::tls::session> tls;
     state st = state::connecting;
-    uint64_t sent = 0;
-    uint64_t received = 0;
+    uint64_t sent = 0;     // plaintext bytes, cumulative over requests (pattern offset)
+    uint64_t received = 0; // idem
+    uint64_t target = 0;   // end offset of the current request
+    uint64_t requests = 0; // completed round trips that fell in the measured window
     bool close_notify_sent = false;
     bool peer_closed = false; // close_notify or TCP EOF
+    bool settled = false;     // counted in run_shared::settled
     clock_type::time_point start;
+    clock_type::time_point req_start;
     std::string why;
     uint32_t events = 0;
 };
@@ -88,14 +124,24 @@ struct thread_result {
     uint64_t failed = 0;
     uint64_t bytes_sent = 0;
     uint64_t bytes_received = 0;
-    std::vector<double> durations_ms;
+    uint64_t requests = 0;
+    latency_histogram latency_ns;      // echo: whole streams; rr and idle: round trips
     std::vector<std::string> failures; // first few reasons
 };
 
-struct shared_state {
-    std::mutex mu;
-    std::vector<std::string> failures;
+// Coordination between the runner threads and main (rr measurement window, idle hold).
+struct run_shared {
+    uint64_t streams = 0;
+    // Streams that reached their steady state (rr: handshake done; idle: first echo done) or
+    // failed before it. When it reaches `streams` the rr window opens / idle reports ready.
+    std::atomic<uint64_t> settled{0};
+    std::atomic<int64_t> window_start_ns{0}; // rr: steady_clock ns; 0 = not open yet
+    std::atomic<bool> release{false};        // idle: close the held streams now
 };
+
+int64_t to_ns(clock_type::time_point t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
 
 std::vector<uint8_t> make_pattern() {
     std::vector<uint8_t> p(k_chunk + k_pattern_period);
@@ -114,9 +160,10 @@ const uint8_t* pattern_at(uint64_t stream_id, uint64_t offset) {
 class runner {
 public:
     runner(const options& o, std::shared_ptr<apprelay::tls::client_context> ctx, uint64_t first,
-           uint64_t count, uint64_t concurrency, clock_type::time_point deadline)
-        : _o(o), _ctx(std::move(ctx)), _next_id(first), _end_id(first + count),
-          _concurrency(std::max<uint64_t>(1, concurrency)), _deadline(deadline) {}
+           uint64_t count, uint64_t concurrency, clock_type::time_point deadline,
+           run_shared& shared)
+        : _o(o), _ctx(std::move(ctx)), _first_id(first), _next_id(first), _end_id(first + count),
+          _concurrency(std::max<uint64_t>(1, concurrency)), _deadline(deadline), _shared(shared) {}
 
     thread_result run() {
         _ep = epoll_create1(EPOLL_CLOEXEC);
@@ -125,32 +172,28 @@ public:
         _rbuf = rbuf.data();
         _rbuf_size = rbuf.size();
         while (true) {
-            while (_active.size() < _concurrency && _next_id < _end_id) {
+            refill_pace();
+            while (_active.size() < _concurrency && _next_id < _end_id && _pace_tokens >= 1) {
                 start_stream(_next_id++);
+                _pace_tokens -= 1;
             }
-            if (_active.empty()) {
+            if (_active.empty() && _next_id >= _end_id) {
                 break;
             }
             auto now = clock_type::now();
             if (now >= _deadline) {
-                std::vector<int> fds;
-                for (auto& [fd, s] : _active) {
-                    fds.push_back(fd);
-                }
-                for (int fd : fds) {
-                    auto& s = *_active[fd];
-                    fail(s, "timed out after " + std::to_string(s.sent) + " bytes sent, " +
-                                std::to_string(s.received) + " received");
-                    finish(fd);
-                }
-                // Streams never started count as failed too.
-                while (_next_id < _end_id) {
-                    ++_next_id;
-                    ++_res.failed;
-                }
+                fail_all("timed out");
                 break;
             }
-            int n = epoll_wait(_ep, evs.data(), k_max_events, 100);
+            if (_shared.release.load(std::memory_order_acquire)) {
+                release_held();
+                if (_active.empty() && _next_id >= _end_id) {
+                    break;
+                }
+            }
+            int n =
+                epoll_wait(_ep, evs.data(), k_max_events,
+                           _o.rate > 0 && _next_id < _end_id ? k_pace_wait_ms : k_epoll_wait_ms);
             for (int i = 0; i < n; ++i) {
                 int fd = evs[i].data.fd;
                 auto it = _active.find(fd);
@@ -169,6 +212,72 @@ public:
     }
 
 private:
+    // --rate as a token bucket holding at most k_pace_burst_s of this thread's share: a loadgen
+    // that was descheduled for a while resumes at the rate instead of catching up in one burst.
+    void refill_pace() {
+        if (_o.rate <= 0) {
+            _pace_tokens = double(_concurrency);
+            return;
+        }
+        auto now = clock_type::now();
+        double share = _o.rate * double(_end_id - _first_id) / double(_o.streams);
+        double secs = std::chrono::duration<double>(now - _pace_last).count();
+        _pace_last = now;
+        _pace_tokens = std::min(std::max(1.0, share * k_pace_burst_s), _pace_tokens + secs * share);
+    }
+
+    void fail_all(const char* why) {
+        std::vector<int> fds;
+        for (auto& [fd, s] : _active) {
+            fds.push_back(fd);
+        }
+        for (int fd : fds) {
+            auto& s = *_active[fd];
+            fail(s, std::string(why) + " after " + std::to_string(s.sent) + " bytes sent, " +
+                        std::to_string(s.received) + " received");
+            finish(fd);
+        }
+        // Streams never started count as failed too.
+        while (_next_id < _end_id) {
+            ++_next_id;
+            ++_res.failed;
+            settle_count();
+        }
+    }
+
+    void settle_count() {
+        uint64_t n = _shared.settled.fetch_add(1, std::memory_order_acq_rel) + 1;
+        if (n == _shared.streams && _o.mode == run_mode::rr) {
+            _shared.window_start_ns.store(to_ns(clock_type::now()), std::memory_order_release);
+        }
+    }
+
+    void settle(stream& s) {
+        if (!s.settled) {
+            s.settled = true;
+            settle_count();
+        }
+    }
+
+    // Held idle streams end cleanly once main releases them.
+    void release_held() {
+        std::vector<int> fds;
+        for (auto& [fd, s] : _active) {
+            if (s->st == state::holding) {
+                fds.push_back(fd);
+            }
+        }
+        for (int fd : fds) {
+            auto& s = *_active[fd];
+            s.tls->shutdown();
+            flush(s);
+            s.st = state::done;
+            finish(fd);
+        }
+    }
+
+    int64_t window_ns() const { return int64_t(_o.duration_s * 1e9); }
+
     void fail(stream& s, std::string why) {
         if (s.st != state::failed) {
             s.st = state::failed;
@@ -180,9 +289,11 @@ private:
         auto s = std::make_unique<stream>();
         s->id = id;
         s->start = clock_type::now();
+        s->target = _o.bytes;
         int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             ++_res.failed;
+            settle_count();
             note_failure("stream " + std::to_string(id) + ": socket: " + std::strerror(errno));
             return;
         }
@@ -192,6 +303,7 @@ private:
         int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&_o.addr), sizeof _o.addr);
         if (rc != 0 && errno != EINPROGRESS) {
             ++_res.failed;
+            settle_count();
             note_failure("stream " + std::to_string(id) + ": connect: " + std::strerror(errno));
             ::close(fd);
             return;
@@ -217,14 +329,20 @@ private:
         stream& s = *it->second;
         _res.bytes_sent += s.sent;
         _res.bytes_received += s.received;
+        _res.requests += s.requests;
         if (s.st == state::done) {
             ++_res.ok;
-            _res.durations_ms.push_back(
-                std::chrono::duration<double, std::milli>(clock_type::now() - s.start).count());
+            if (_o.mode == run_mode::echo) {
+                _res.latency_ns.record(
+                    uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 clock_type::now() - s.start)
+                                 .count()));
+            }
         } else {
             ++_res.failed;
             note_failure(s.why);
         }
+        settle(s);
         epoll_ctl(_ep, EPOLL_CTL_DEL, fd, nullptr);
         if (s.st == state::failed) {
             // Abortive close: a failed stream must not look like a clean end to the relay.
@@ -252,7 +370,7 @@ private:
                 return true;
             }
             fail(s, std::string("recv: ") + std::strerror(errno) + " after " +
-                        std::to_string(s.received) + " of " + std::to_string(_o.bytes) +
+                        std::to_string(s.received) + " of " + std::to_string(s.target) +
                         " bytes echoed");
             return false;
         }
@@ -294,9 +412,10 @@ private:
                 return false;
             }
             std::size_t n = *res;
-            if (s.received + n > _o.bytes) {
+            // Requests strictly alternate with their echo: nothing may arrive past the target.
+            if (s.received + n > s.target) {
                 fail(s, "received " + std::to_string(s.received + n) + " bytes, more than the " +
-                            std::to_string(_o.bytes) + " sent");
+                            std::to_string(s.target) + " sent");
                 return false;
             }
             std::size_t off = 0;
@@ -319,10 +438,10 @@ private:
     }
 
     void write_plain(stream& s) {
-        for (int r = 0; r < k_max_rounds && s.sent < _o.bytes &&
+        for (int r = 0; r < k_max_rounds && s.sent < s.target &&
                         s.tls->pending_output_size() < k_max_pending_out;
              ++r) {
-            std::size_t len = std::size_t(std::min<uint64_t>(k_chunk, _o.bytes - s.sent));
+            std::size_t len = std::size_t(std::min<uint64_t>(k_chunk, s.target - s.sent));
             auto res = s.tls->write(std::span<const std::byte>(
                 reinterpret_cast<const std::byte*>(pattern_at(s.id, s.sent)), len));
             if (!res) {
@@ -331,10 +450,33 @@ private:
             }
             s.sent += len;
         }
-        if (_o.half_close && s.sent == _o.bytes && !s.close_notify_sent) {
+        if (_o.mode == run_mode::echo && _o.half_close && s.sent == s.target &&
+            !s.close_notify_sent) {
             s.tls->shutdown();
             s.close_notify_sent = true;
         }
+    }
+
+    // One request's echo is complete. Returns true if the stream goes on with another request.
+    bool on_round_trip(stream& s) {
+        auto now = clock_type::now();
+        if (_o.mode == run_mode::idle) {
+            s.st = state::holding;
+            settle(s);
+            return false;
+        }
+        int64_t start = _shared.window_start_ns.load(std::memory_order_acquire);
+        int64_t now_ns = to_ns(now);
+        if (start != 0 && to_ns(s.req_start) >= start && now_ns <= start + window_ns()) {
+            _res.latency_ns.record(uint64_t(now_ns - to_ns(s.req_start)));
+            ++s.requests;
+        }
+        if (start != 0 && now_ns >= start + window_ns()) {
+            return false;
+        }
+        s.target += _o.bytes;
+        s.req_start = now;
+        return true;
     }
 
     void drive(stream& s, uint32_t ev) {
@@ -368,6 +510,10 @@ private:
                 }
                 if (hs) {
                     s.st = state::transferring;
+                    s.req_start = clock_type::now();
+                    if (_o.mode == run_mode::rr) {
+                        settle(s);
+                    }
                 }
             }
             if (s.st == state::transferring) {
@@ -379,10 +525,36 @@ private:
                     return;
                 }
             }
+            if (s.st == state::holding && s.tls->buffered_input() > 0) {
+                std::array<std::byte, 256> buf;
+                auto res = s.tls->read(buf);
+                if (res && *res > 0) {
+                    fail(s, "unexpected bytes on a held idle stream");
+                    return;
+                }
+            }
             if (!flush(s)) {
                 return;
             }
-            if (s.st == state::transferring && s.sent == _o.bytes && s.received == _o.bytes) {
+            if (s.st == state::transferring && s.sent == s.target && s.received == s.target) {
+                if (_o.mode != run_mode::echo) {
+                    if (on_round_trip(s)) {
+                        // Send the next request now: this may be the last drive round, and
+                        // nothing else wakes a stream whose request was never written.
+                        write_plain(s);
+                        if (s.st == state::failed || !flush(s)) {
+                            return;
+                        }
+                        continue;
+                    }
+                    if (s.st == state::holding) {
+                        break;
+                    }
+                    s.tls->shutdown();
+                    flush(s);
+                    s.st = state::done;
+                    return;
+                }
                 if (!_o.half_close) {
                     s.tls->shutdown();
                     flush(s);
@@ -397,9 +569,11 @@ private:
             if (s.peer_closed && s.tls->buffered_input() == 0) {
                 if (s.st == state::handshaking) {
                     fail(s, "connection closed during the TLS handshake: " + s.tls->last_error());
+                } else if (s.st == state::holding) {
+                    fail(s, "held idle stream closed by the peer");
                 } else {
                     fail(s, "connection closed after " + std::to_string(s.received) + " of " +
-                                std::to_string(_o.bytes) + " bytes echoed");
+                                std::to_string(s.target) + " bytes echoed");
                 }
                 return;
             }
@@ -424,10 +598,14 @@ private:
 
     const options& _o;
     std::shared_ptr<apprelay::tls::client_context> _ctx;
+    uint64_t _first_id;
     uint64_t _next_id;
     uint64_t _end_id;
     uint64_t _concurrency;
     clock_type::time_point _deadline;
+    clock_type::time_point _pace_last = clock_type::now();
+    double _pace_tokens = 1;
+    run_shared& _shared;
     int _ep = -1;
     uint8_t* _rbuf = nullptr;
     std::size_t _rbuf_size = 0;
@@ -439,8 +617,9 @@ int usage(const char* why) {
     std::fprintf(stderr,
                  "apprelay-loadgen: %s\n"
                  "usage: apprelay-loadgen --connect HOST:PORT --sni NAME --ca CA.pem "
-                 "--streams N --concurrency C --bytes B --mode echo [--threads T] "
-                 "[--half-close] [--timeout SECONDS] [--json]\n",
+                 "--streams N --concurrency C --bytes B [--mode echo|rr|idle|probe] "
+                 "[--duration SECONDS] [--threads T] [--half-close] [--timeout SECONDS] "
+                 "[--rate STREAMS_PER_S] [--json]\n",
                  why);
     return 2;
 }
@@ -456,19 +635,112 @@ bool parse_u64(const char* s, uint64_t& out) {
     return true;
 }
 
-double percentile(std::vector<double>& v, double p) {
-    if (v.empty()) {
-        return 0;
+// Seconds or a rate: a number in (0, 86400].
+bool parse_positive(const char* s, double& out) {
+    char* end = nullptr;
+    errno = 0;
+    double v = std::strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(v > 0) || v > 86400) {
+        return false;
     }
-    std::size_t i = std::min(v.size() - 1, std::size_t(p * double(v.size() - 1) + 0.5));
-    return v[i];
+    out = v;
+    return true;
+}
+
+const char* mode_name(run_mode m) {
+    switch (m) {
+    case run_mode::echo:
+        return "echo";
+    case run_mode::rr:
+        return "rr";
+    case run_mode::idle:
+        return "idle";
+    case run_mode::probe:
+        return "probe";
+    }
+    return "?";
+}
+
+// idle mode: wait (bounded by the run deadline) until every stream is held or failed, report,
+// then hold until stdin reaches EOF or --duration passes.
+void hold_idle_streams(const options& o, run_shared& shared, clock_type::time_point deadline) {
+    while (shared.settled.load(std::memory_order_acquire) < shared.streams &&
+           clock_type::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    std::printf("{\"event\":\"idle_ready\",\"settled\":%llu}\n",
+                (unsigned long long)shared.settled.load());
+    std::fflush(stdout);
+    auto hold_end =
+        std::min(deadline, clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                                   std::chrono::duration<double>(o.duration_s)));
+    std::array<char, 256> sink;
+    while (clock_type::now() < hold_end) {
+        pollfd p{STDIN_FILENO, POLLIN, 0};
+        if (poll(&p, 1, 100) > 0) {
+            ssize_t n = ::read(STDIN_FILENO, sink.data(), sink.size());
+            if (n <= 0) {
+                break;
+            }
+        }
+    }
+    shared.release.store(true, std::memory_order_release);
+}
+
+// probe mode (see the top of the file). Exit 0 once a stream succeeded, 1 if none did.
+int run_probe(const options& o, std::shared_ptr<apprelay::tls::client_context> ctx) {
+    std::printf("{\"event\":\"probe_ready\"}\n");
+    std::fflush(stdout);
+    std::array<char, 256> line;
+    pollfd p{STDIN_FILENO, POLLIN, 0};
+    if (poll(&p, 1, int(o.timeout_s * 1000)) > 0) {
+        (void)::read(STDIN_FILENO, line.data(), line.size());
+    }
+    auto t0 = clock_type::now();
+    auto window_end = t0 + std::chrono::duration_cast<clock_type::duration>(
+                               std::chrono::duration<double>(o.timeout_s));
+    options eo = o;
+    eo.mode = run_mode::echo;
+    uint64_t attempts = 0;
+    uint64_t failed = 0;
+    std::string last_failure;
+    bool ok = false;
+    while (!ok && clock_type::now() < window_end) {
+        auto attempt_end = std::min(
+            window_end, clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                                std::chrono::duration<double>(k_probe_attempt_s)));
+        run_shared shared;
+        shared.streams = 1;
+        runner r(eo, ctx, attempts++, 1, 1, attempt_end, shared);
+        thread_result res = r.run();
+        ok = res.ok == 1;
+        if (!ok) {
+            ++failed;
+            if (!res.failures.empty()) {
+                last_failure = res.failures.back();
+            }
+        }
+    }
+    double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+    if (!ok) {
+        std::fprintf(stderr, "apprelay-loadgen: no probe stream succeeded in %.1f s; last: %s\n",
+                     o.timeout_s, last_failure.c_str());
+    }
+    std::printf("  %-24s %s after %.3f s (%llu failed attempts)\n", "probe",
+                ok ? "succeeded" : "gave up", secs, (unsigned long long)failed);
+    if (o.json) {
+        std::printf("{\"mode\":\"probe\",\"ok\":%d,\"seconds\":%.6f,\"attempts\":%llu,"
+                    "\"failed_attempts\":%llu}\n",
+                    ok ? 1 : 0, secs, (unsigned long long)attempts, (unsigned long long)failed);
+    }
+    std::fflush(stdout);
+    return ok ? 0 : 1;
 }
 
 } // namespace
 
 int main(int argc, char** argv) {
     options o;
-    std::string mode = "echo";
     for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
         auto next = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -485,26 +757,47 @@ int main(int argc, char** argv) {
         } else if (a == "--ca" && (v = next())) {
             o.ca = v;
         } else if (a == "--mode" && (v = next())) {
-            mode = v;
+            std::string_view m = v;
+            if (m == "echo") {
+                o.mode = run_mode::echo;
+            } else if (m == "rr") {
+                o.mode = run_mode::rr;
+            } else if (m == "idle") {
+                o.mode = run_mode::idle;
+            } else if (m == "probe") {
+                o.mode = run_mode::probe;
+            } else {
+                return usage("--mode must be echo, rr, idle or probe");
+            }
         } else if (a == "--streams" && (v = next()) && parse_u64(v, n)) {
             o.streams = n;
         } else if (a == "--concurrency" && (v = next()) && parse_u64(v, n) && n > 0) {
             o.concurrency = n;
         } else if (a == "--bytes" && (v = next()) && parse_u64(v, n)) {
             o.bytes = n;
+        } else if (a == "--rate" && (v = next())) {
+            if (!parse_positive(v, o.rate)) {
+                return usage("bad value for --rate");
+            }
         } else if (a == "--threads" && (v = next()) && parse_u64(v, n) && n > 0 && n <= 64) {
             o.threads = unsigned(n);
-        } else if (a == "--timeout" && (v = next()) && parse_u64(v, n) && n > 0) {
-            o.timeout_s = double(n);
+        } else if ((a == "--timeout" || a == "--duration") && (v = next())) {
+            if (!parse_positive(v, a == "--timeout" ? o.timeout_s : o.duration_s)) {
+                return usage(("bad value for " + std::string(a)).c_str());
+            }
         } else {
             return usage(("bad argument " + std::string(a)).c_str());
         }
     }
-    if (mode != "echo") {
-        return usage("only --mode echo is supported");
-    }
     if (o.connect.empty() || o.sni.empty()) {
         return usage("--connect and --sni are required");
+    }
+    if (o.mode == run_mode::rr || o.mode == run_mode::idle) {
+        // Every stream is open for the whole run: the stream count is the concurrency.
+        o.streams = o.concurrency;
+        if (o.bytes == 0) {
+            return usage("--bytes must be > 0 in rr and idle modes");
+        }
     }
     auto colon = o.connect.rfind(':');
     o.addr.sin_family = AF_INET;
@@ -525,10 +818,15 @@ int main(int argc, char** argv) {
         return 2;
     }
 
+    if (o.mode == run_mode::probe) {
+        return run_probe(o, *ctx);
+    }
     unsigned threads = unsigned(std::min<uint64_t>(o.threads, std::max<uint64_t>(1, o.streams)));
     auto t0 = clock_type::now();
     auto deadline = t0 + std::chrono::duration_cast<clock_type::duration>(
                              std::chrono::duration<double>(o.timeout_s));
+    run_shared shared;
+    shared.streams = o.streams;
     std::vector<thread_result> results(threads);
     std::vector<std::thread> ts;
     uint64_t first = 0;
@@ -536,10 +834,13 @@ int main(int argc, char** argv) {
         uint64_t count = o.streams / threads + (t < o.streams % threads ? 1 : 0);
         uint64_t conc = o.concurrency / threads + (t < o.concurrency % threads ? 1 : 0);
         ts.emplace_back([&, t, first, count, conc] {
-            runner r(o, *ctx, first, count, conc, deadline);
+            runner r(o, *ctx, first, count, conc, deadline, shared);
             results[t] = r.run();
         });
         first += count;
+    }
+    if (o.mode == run_mode::idle) {
+        hold_idle_streams(o, shared, deadline);
     }
     for (auto& t : ts) {
         t.join();
@@ -552,48 +853,63 @@ int main(int argc, char** argv) {
         total.failed += r.failed;
         total.bytes_sent += r.bytes_sent;
         total.bytes_received += r.bytes_received;
-        total.durations_ms.insert(total.durations_ms.end(), r.durations_ms.begin(),
-                                  r.durations_ms.end());
+        total.requests += r.requests;
+        total.latency_ns.merge(r.latency_ns);
         for (auto& f : r.failures) {
             if (total.failures.size() < 10) {
                 total.failures.push_back(f);
             }
         }
     }
-    std::sort(total.durations_ms.begin(), total.durations_ms.end());
     double moved = double(total.bytes_sent + total.bytes_received);
     double mbps = secs > 0 ? moved / secs / 1e6 : 0;
     double gbps = secs > 0 ? moved * 8 / secs / 1e9 : 0;
     double sps = secs > 0 ? double(total.ok) / secs : 0;
-    double p50 = percentile(total.durations_ms, 0.50);
-    double p99 = percentile(total.durations_ms, 0.99);
+    // rr: requests counted only inside the window that opens once every stream is established.
+    double rps = o.mode == run_mode::rr ? double(total.requests) / o.duration_s : 0;
+    auto us = [&](double q) { return double(total.latency_ns.quantile(q)) / 1e3; };
+    double p50 = us(0.50);
+    double p99 = us(0.99);
+    double p999 = us(0.999);
 
     for (auto& f : total.failures) {
         std::fprintf(stderr, "apprelay-loadgen: failed %s\n", f.c_str());
     }
-    std::printf("apprelay-loadgen  %s  sni=%s  mode=echo  bytes/stream=%llu  concurrency=%llu  "
+    std::printf("apprelay-loadgen  %s  sni=%s  mode=%s  bytes=%llu  concurrency=%llu  "
                 "threads=%u%s\n",
-                o.connect.c_str(), o.sni.c_str(), (unsigned long long)o.bytes,
+                o.connect.c_str(), o.sni.c_str(), mode_name(o.mode), (unsigned long long)o.bytes,
                 (unsigned long long)o.concurrency, threads, o.half_close ? "  half-close" : "");
-    std::printf("  %-22s %llu\n", "streams ok", (unsigned long long)total.ok);
-    std::printf("  %-22s %llu\n", "streams failed", (unsigned long long)total.failed);
-    std::printf("  %-22s %llu (sent %llu, received %llu)\n", "bytes moved",
+    std::printf("  %-24s %llu\n", "streams ok", (unsigned long long)total.ok);
+    std::printf("  %-24s %llu\n", "streams failed", (unsigned long long)total.failed);
+    std::printf("  %-24s %llu (sent %llu, received %llu)\n", "bytes moved",
                 (unsigned long long)(total.bytes_sent + total.bytes_received),
                 (unsigned long long)total.bytes_sent, (unsigned long long)total.bytes_received);
-    std::printf("  %-22s %.3f\n", "seconds", secs);
-    std::printf("  %-22s %.1f\n", "MB/s (both ways)", mbps);
-    std::printf("  %-22s %.3f\n", "Gbit/s (both ways)", gbps);
-    std::printf("  %-22s %.1f\n", "streams/s", sps);
-    std::printf("  %-22s %.2f / %.2f\n", "stream ms p50 / p99", p50, p99);
+    std::printf("  %-24s %.3f\n", "seconds", secs);
+    std::printf("  %-24s %.3f\n", "Gbit/s (both ways)", gbps);
+    std::printf("  %-24s %.1f\n", "streams/s", sps);
+    if (o.mode == run_mode::rr) {
+        std::printf("  %-24s %llu in %.1f s\n", "requests (window)",
+                    (unsigned long long)total.requests, o.duration_s);
+        std::printf("  %-24s %.1f\n", "requests/s", rps);
+    }
+    std::printf("  %-24s %.1f / %.1f / %.1f\n",
+                o.mode == run_mode::echo ? "stream us p50/p99/p99.9" : "rtt us p50/p99/p99.9", p50,
+                p99, p999);
     if (o.json) {
-        std::printf("{\"streams\":%llu,\"ok\":%llu,\"failed\":%llu,\"bytes_per_stream\":%llu,"
-                    "\"bytes_sent\":%llu,\"bytes_received\":%llu,\"seconds\":%.6f,"
-                    "\"mb_per_s\":%.3f,\"gbit_per_s\":%.4f,\"streams_per_s\":%.2f,"
-                    "\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"concurrency\":%llu,\"threads\":%u}\n",
-                    (unsigned long long)o.streams, (unsigned long long)total.ok,
+        std::printf("{\"mode\":\"%s\",\"streams\":%llu,\"ok\":%llu,\"failed\":%llu,"
+                    "\"bytes_per_stream\":%llu,\"bytes_sent\":%llu,\"bytes_received\":%llu,"
+                    "\"seconds\":%.6f,\"mb_per_s\":%.3f,\"gbit_per_s\":%.4f,"
+                    "\"streams_per_s\":%.2f,\"requests\":%llu,\"window_s\":%.3f,"
+                    "\"requests_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
+                    "\"max_us\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"concurrency\":%llu,"
+                    "\"threads\":%u}\n",
+                    mode_name(o.mode), (unsigned long long)o.streams, (unsigned long long)total.ok,
                     (unsigned long long)total.failed, (unsigned long long)o.bytes,
                     (unsigned long long)total.bytes_sent, (unsigned long long)total.bytes_received,
-                    secs, mbps, gbps, sps, p50, p99, (unsigned long long)o.concurrency, threads);
+                    secs, mbps, gbps, sps, (unsigned long long)total.requests,
+                    o.mode == run_mode::rr ? o.duration_s : secs, rps, p50, p99, p999,
+                    double(total.latency_ns.max()) / 1e3, p50 / 1e3, p99 / 1e3,
+                    (unsigned long long)o.concurrency, threads);
     }
     std::fflush(stdout);
     return total.failed == 0 && total.ok == o.streams ? 0 : 1;
