@@ -65,7 +65,7 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
             continue; // the view is read in one transaction: cannot happen, skip defensively
         }
         group_index.emplace(g.tenant + "/" + g.name, uint32_t(snap->groups.size()));
-        snap->groups.push_back({ti->second, g.name});
+        snap->groups.push_back({ti->second, g.name, uint64_t(g.id)});
     }
     for (const auto& c : view.connectors) {
         auto gi = group_index.find(c.tenant + "/" + c.group);

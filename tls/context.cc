@@ -82,7 +82,7 @@ bool configure_common(SSL_CTX* ctx, bool session_tickets) {
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     // Memory BIOs never block, so SSL_write always completes; the moving-buffer mode only lifts
     // a pointer-equality check that matters for retried writes.
-    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
     if (!session_tickets) {
         // TLS 1.3 resumption only exists through tickets: with none sent there is no
         // post-handshake NewSessionTicket traffic and nothing to cache.

@@ -42,6 +42,7 @@ struct group {
     std::string tenant;
     std::string name;
     std::string region; // empty = none
+    int64_t id = 0;     // stable across renames (load() only): a rename is not a move
 };
 
 struct connector {

@@ -1323,9 +1323,9 @@ store_result<store_view> sqlite_store::load() {
             return std::find(bad_tenants.begin(), bad_tenants.end(), tenant) != bad_tenants.end();
         };
         {
-            auto q = query("SELECT tenant, name, region FROM groups ORDER BY tenant, name");
+            auto q = query("SELECT tenant, name, region, id FROM groups ORDER BY tenant, name");
             while (q.step()) {
-                group g{q.text(0), q.text(1), q.text(2)};
+                group g{q.text(0), q.text(1), q.text(2), q.i64(3)};
                 if (!skipped(g.tenant)) {
                     v.groups.push_back(std::move(g));
                 }

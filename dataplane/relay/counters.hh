@@ -13,8 +13,10 @@ namespace apprelay::relay {
     X(streams_failed_no_connector, "user sessions refused: the app's group has no live tunnel")    \
     X(streams_failed_limit, "user sessions refused: tunnel stream limit")                          \
     X(streams_failed_backend, "streams refused by the connector (OPEN_FAIL)")                      \
-    X(streams_failed_not_allowed, "user sessions refused: the app's access rule (user cert/group)")  \
-    X(streams_retried, "OPENs retried on another connector (refused before any byte moved)")       \
+    X(streams_failed_not_allowed,                                                                  \
+      "user sessions refused: the app's access rule (user cert/group)")                            \
+    X(streams_retried,                                                                             \
+      "OPENs retried on another connector (failed before any byte reached the user)")              \
     X(streams_closed, "streams finished cleanly in both directions")                               \
     X(streams_reset, "streams ended by a reset (either side, tunnel loss)")                        \
     X(bytes_user_to_backend, "plaintext bytes from users into tunnels")                            \
@@ -25,11 +27,11 @@ namespace apprelay::relay {
     X(tunnel_unknown_connector, "verified tunnel certificates that match no connector")            \
     X(tunnel_protocol_errors, "tunnels closed for a protocol violation")                           \
     X(tunnel_ping_timeouts, "tunnels closed: the connector stopped answering (PING deadline)")     \
-    X(tunnel_revoked, "tunnels closed: the connector was deleted (certificate revoked)")          \
-    X(tunnel_version_refused, "tunnels refused at HELLO: connector older than the minimum")      \
-    X(tunnels_moved, "tunnels drained: the connector was moved to another group")              \
+    X(tunnel_revoked, "tunnels closed: the connector was deleted (certificate revoked)")           \
+    X(tunnel_version_refused, "tunnels refused at HELLO: connector older than the minimum")        \
+    X(tunnels_moved, "tunnels drained: the connector was moved to another group")                  \
     X(configs_sent, "CONFIG frames sent to connectors")                                            \
-    X(config_updates, "configuration snapshots applied by this worker")                           \
+    X(config_updates, "configuration snapshots applied by this worker")                            \
     X(tunnels_handed_off, "tunnels moved to the worker they asked for, at setup")                  \
     X(tunnels_closed, "tunnels closed (any reason)")                                               \
     X(tunnels_up, "gauge: tunnels ready on this worker")                                           \

@@ -20,6 +20,7 @@ struct tenant_entry {
 struct group_entry {
     uint32_t tenant = 0; // index into tenants
     std::string name;
+    uint64_t id = 0; // the store's id: stable across renames, so a rename never drains
 };
 
 struct connector_entry {

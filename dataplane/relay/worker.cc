@@ -194,7 +194,8 @@ private:
     // and re-resolved by reconfigure() whenever a new one is applied.
     std::string _fingerprint;
     std::string _connector_id;
-    std::string _group_key;   // "tenant/group": a change means the connector was moved
+    std::string _group_key;   // "tenant/group", for logs
+    uint64_t _group_id = 0;   // the store's group id: a change means the connector was moved
     std::string _version;     // from HELLO
     std::string _config_sent; // last CONFIG body sent
     uint64_t _config_sent_ns = 0;
@@ -662,6 +663,7 @@ void tunnel_conn::after_handshake() {
     _fingerprint = std::move(fp);
     _connector_id = c.id;
     _group_key = snap.tenants[c.tenant].name + "/" + snap.groups[c.group].name;
+    _group_id = snap.groups[c.group].id;
     _state = state::await_hello;
 }
 
@@ -758,7 +760,10 @@ void tunnel_conn::reconfigure() {
     std::string key = snap.tenants[c.tenant].name + "/" + snap.groups[c.group].name;
     _connector = int32_t(it->second);
     _group = c.group;
-    if (_state == state::ready && key != _group_key) {
+    const uint64_t gid = snap.groups[c.group].id;
+    const bool moved = gid != _group_id; // a rename keeps the id: label change only
+    _group_id = gid;
+    if (_state == state::ready && moved) {
         log::info("connector_moved", {{"worker", _w->_index},
                                       {"connector", _connector_id},
                                       {"from", _group_key},
