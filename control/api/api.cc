@@ -431,7 +431,14 @@ http_response admin_api::route(const http_request& r, const live_view& live) {
                             {"first_seen", c.first_seen},
                             {"last_seen", c.last_seen}});
         }
-        return reply(200, {{"connectors", list}});
+        // The relay advertises the latest connector version (DESIGN.md); shown beside the list.
+        json out = {{"connectors", list}};
+        for (const char* k : {"latest_connector_version", "min_connector_version"}) {
+            if (live.relay_status.is_object() && live.relay_status.contains(k)) {
+                out[k] = live.relay_status[k];
+            }
+        }
+        return reply(200, out);
     }
     if (kind == "connectors" && item) {
         if (m == "PATCH") {

@@ -199,7 +199,13 @@ std::string format_connectors(const json& j, int64_t now_s) {
                         cell(c, "tunnels"), cell(c, "version"),
                         format_age(number(c, "last_seen"), now_s)});
     }
-    return render_table({"ID", "NAME", "GROUP", "STATUS", "TUNNELS", "VERSION", "LAST-SEEN"}, rows);
+    std::string out =
+        render_table({"ID", "NAME", "GROUP", "STATUS", "TUNNELS", "VERSION", "LAST-SEEN"}, rows);
+    if (j.contains("latest_connector_version")) {
+        out += "latest connector version " + cell(j, "latest_connector_version") + ", minimum " +
+               cell(j, "min_connector_version") + "\n";
+    }
+    return out;
 }
 
 std::string format_apps(const json& j) {
