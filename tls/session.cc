@@ -1,10 +1,12 @@
-// session: one SSL on a pair of memory BIOs. See session.hh for the state summary.
+// session: one SSL on a pair of chunk BIOs (tls/detail/chunk_bio.hh). See session.hh for the
+// state summary.
 //
 // Error queue discipline: OpenSSL's error queue is per thread and shared by every session a worker
 // runs, so each call into the SSL clears it first, and every failure drains it into _last_error.
 // Nothing is left behind for the next session on the thread to misreport.
 #include "tls/session.hh"
 
+#include "tls/detail/chunk_bio.hh"
 #include "tls/detail/ossl.hh"
 
 #include <climits>
@@ -20,36 +22,30 @@ namespace {
 SSL* as_ssl(void* p) {
     return static_cast<SSL*>(p);
 }
-BIO* as_bio(void* p) {
-    return static_cast<BIO*>(p);
-}
 
-// BIO_read/BIO_write and SSL_*_ex take int or size_t; keep every single call below INT_MAX.
+// SSL_read_ex/SSL_write_ex take size_t; keep every single call below INT_MAX.
 constexpr std::size_t k_max_chunk = 1u << 30;
-// Scratch for discarding a partial prefix of the output BIO (BIO_read copies; see
-// consume_output).
-constexpr std::size_t k_discard_chunk = 4096;
 
 } // namespace
 
-session::session(void* ssl) noexcept : _ssl(ssl), _rbio(nullptr), _wbio(nullptr) {
+session::session(void* ssl) noexcept : _ssl(ssl), _in(nullptr), _out(nullptr) {
     if (_ssl == nullptr) {
         return;
     }
-    BIO* rbio = BIO_new(BIO_s_mem());
-    BIO* wbio = BIO_new(BIO_s_mem());
+    detail::chunk_fifo* in = nullptr;
+    detail::chunk_fifo* out = nullptr;
+    BIO* rbio =
+        detail::new_chunk_bio(detail::k_input_chunk_bytes, detail::on_destroy::allocator, &in);
+    BIO* wbio = detail::new_chunk_bio(detail::k_output_chunk_bytes, detail::on_destroy::pool, &out);
     if (rbio == nullptr || wbio == nullptr) {
         BIO_free(rbio);
         BIO_free(wbio);
         ERR_clear_error();
         return; // handshake() reports the failure
     }
-    // Empty input is "retry later", never EOF: the socket owner decides when the stream ends.
-    BIO_set_mem_eof_return(rbio, -1);
-    BIO_set_mem_eof_return(wbio, -1);
-    SSL_set_bio(as_ssl(_ssl), rbio, wbio); // the SSL owns both BIOs
-    _rbio = rbio;
-    _wbio = wbio;
+    SSL_set_bio(as_ssl(_ssl), rbio, wbio); // the SSL owns both BIOs, and they their FIFOs
+    _in = in;
+    _out = out;
 }
 
 session::~session() {
@@ -57,29 +53,21 @@ session::~session() {
 }
 
 void session::feed(std::span<const std::byte> ciphertext) noexcept {
-    if (_rbio == nullptr) {
+    if (_in == nullptr) {
         return;
     }
-    while (!ciphertext.empty()) {
-        std::size_t n = std::min(ciphertext.size(), k_max_chunk);
-        int w = BIO_write(as_bio(_rbio), ciphertext.data(), static_cast<int>(n));
-        if (w <= 0) {
-            // Only out of memory; the handshake/read that follows will see truncated input and
-            // fail authentication, which is the correct outcome.
-            ERR_clear_error();
-            return;
-        }
-        ciphertext = ciphertext.subspan(static_cast<std::size_t>(w));
-    }
+    // Short only when out of memory; the handshake/read that follows will see truncated input
+    // and fail authentication, which is the correct outcome.
+    (void)_in->append(ciphertext);
 }
 
 std::size_t session::buffered_input() const noexcept {
-    return _rbio == nullptr ? 0 : BIO_ctrl_pending(as_bio(_rbio));
+    return _in == nullptr ? 0 : _in->size();
 }
 
 result<void> session::handshake() noexcept {
-    if (_wbio == nullptr) {
-        _last_error = "session has no SSL or memory BIOs (out of memory)";
+    if (_out == nullptr) {
+        _last_error = "session has no SSL or BIOs (out of memory)";
         return error(errc::tls_error, "session not initialised");
     }
     SSL* ssl = as_ssl(_ssl);
@@ -122,7 +110,7 @@ bool session::established() const noexcept {
 }
 
 result<std::size_t> session::read(std::span<std::byte> dst) noexcept {
-    if (_wbio == nullptr) {
+    if (_out == nullptr) {
         return error(errc::tls_error, "session not initialised");
     }
     SSL* ssl = as_ssl(_ssl);
@@ -155,7 +143,7 @@ std::size_t session::pending_plaintext() const noexcept {
 }
 
 result<std::size_t> session::write(std::span<const std::byte> src) noexcept {
-    if (_wbio == nullptr) {
+    if (_out == nullptr) {
         return error(errc::tls_error, "session not initialised");
     }
     SSL* ssl = as_ssl(_ssl);
@@ -171,7 +159,7 @@ result<std::size_t> session::write(std::span<const std::byte> src) noexcept {
         }
         int e = SSL_get_error(ssl, rc);
         if ((e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) && done == 0) {
-            // Only before the handshake completes: memory BIOs never push back on writes.
+            // Only before the handshake completes: the output BIO never pushes back on writes.
             return errc::again;
         }
         _last_error.clear();
@@ -185,7 +173,7 @@ result<std::size_t> session::write(std::span<const std::byte> src) noexcept {
 }
 
 void session::shutdown() noexcept {
-    if (_wbio == nullptr) {
+    if (_out == nullptr) {
         return;
     }
     ERR_clear_error();
@@ -195,37 +183,23 @@ void session::shutdown() noexcept {
 }
 
 std::span<const std::byte> session::pending_output() const noexcept {
-    if (_wbio == nullptr) {
-        return {};
-    }
-    char* data = nullptr;
-    long n = BIO_get_mem_data(as_bio(_wbio), &data);
-    if (n <= 0 || data == nullptr) {
-        return {};
-    }
-    return {reinterpret_cast<const std::byte*>(data), static_cast<std::size_t>(n)};
+    return _out == nullptr ? std::span<const std::byte>{} : _out->front();
 }
 
 std::size_t session::pending_output_size() const noexcept {
-    return _wbio == nullptr ? 0 : BIO_ctrl_pending(as_bio(_wbio));
+    return _out == nullptr ? 0 : _out->size();
 }
 
-// Cost: O(n). BIO_s_mem has no "skip": BIO_read copies the dropped bytes into stack scratch
-// (~1.5 us per 16 KiB at ~10 GB/s memcpy, against ~9 us to seal the record) and advances the read
-// pointer; the next BIO write moves any remainder to the front once. BIO_reset is no cheaper: it
-// memsets the whole buffer capacity (and with NONCLEAR_RST it rewinds instead of dropping).
 void session::consume_output(std::size_t n) noexcept {
-    if (_wbio == nullptr) {
-        return;
+    if (_out != nullptr) {
+        _out->consume(n);
     }
-    BIO* wbio = as_bio(_wbio);
-    char scratch[k_discard_chunk];
-    while (n > 0) {
-        int got = BIO_read(wbio, scratch, static_cast<int>(std::min(n, sizeof scratch)));
-        if (got <= 0) {
-            break; // n exceeded what was pending
-        }
-        n -= static_cast<std::size_t>(got);
+}
+
+void session::use_chunk_pool(chunk_pool* pool) noexcept {
+    if (_out != nullptr) {
+        _in->set_pool(pool);
+        _out->set_pool(pool);
     }
 }
 

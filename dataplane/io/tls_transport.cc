@@ -1,96 +1,44 @@
 #include "dataplane/io/tls_transport.hh"
 
-#include <cstring>
+#include <algorithm>
 
 namespace apprelay::io {
 
-std::vector<std::byte>* send_buffer_pool::get() {
-    if (!_free.empty()) {
-        auto* b = _free.back();
-        _free.pop_back();
-        return b;
-    }
-    return new std::vector<std::byte>(k_buffer_size);
-}
-
-void send_buffer_pool::put(std::vector<std::byte>* b) {
-    // Keep a bounded number around; more than that were a burst and go back to the allocator.
-    if (_free.size() < 256) {
-        _free.push_back(b);
-    } else {
-        delete b;
-    }
-}
-
-send_buffer_pool::~send_buffer_pool() {
-    for (auto* b : _free) {
-        delete b;
-    }
-}
-
-tls_transport::~tls_transport() {
-    release();
-}
-
-void tls_transport::release() {
-    if (_buf != nullptr) {
-        _pool->put(_buf);
-        _buf = nullptr;
-    }
-    _off = 0;
-    _len = 0;
-}
-
 void tls_transport::rebind(uring_loop* loop, conn_id id, send_buffer_pool* pool) {
-    release();
+    _in_flight = 0;
     _loop = loop;
     _id = id;
-    _pool = pool;
-}
-
-std::size_t tls_transport::queued() const noexcept {
-    return _tls->pending_output_size() + (_len - _off);
+    _tls->use_chunk_pool(pool);
 }
 
 void tls_transport::flush() {
-    if (_buf != nullptr || _tls->pending_output_size() == 0) {
+    if (_in_flight != 0) {
         return;
     }
-    _buf = _pool->get();
-    std::size_t n = 0;
-    while (n < _buf->size()) {
-        auto out = _tls->pending_output();
-        if (out.empty()) {
-            break;
-        }
-        std::size_t take = std::min(out.size(), _buf->size() - n);
-        std::memcpy(_buf->data() + n, out.data(), take);
-        _tls->consume_output(take);
-        n += take;
+    auto out = _tls->pending_output();
+    if (out.empty()) {
+        return;
     }
-    _off = 0;
-    _len = n;
-    if (!_loop->send(_id, std::span<const std::byte>(_buf->data(), _len))) {
-        release(); // stale id: the connection is closing anyway
+    if (!_loop->send(_id, out)) {
+        // Stale id: the connection is closing anyway; its output goes nowhere.
+        _tls->consume_output(_tls->pending_output_size());
+        return;
     }
+    _in_flight = out.size();
 }
 
 bool tls_transport::on_sent(int res) {
-    if (_buf == nullptr) {
+    if (_in_flight == 0) {
         return res >= 0;
     }
     if (res < 0) {
-        release();
+        _in_flight = 0;
         return false;
     }
-    _off += std::size_t(res);
-    if (_off < _len) {
-        if (!_loop->send(_id, std::span<const std::byte>(_buf->data() + _off, _len - _off))) {
-            release();
-        }
-        return true;
-    }
-    release();
+    // MSG_WAITALL makes short sends rare; the rest goes out with the next send, together with
+    // whatever the session appended to the chunk meanwhile.
+    _tls->consume_output(std::min(std::size_t(res), _in_flight));
+    _in_flight = 0;
     flush();
     return true;
 }
