@@ -22,9 +22,6 @@ namespace apprelay::tls {
 namespace {
 
 constexpr long k_seconds_per_day = 24L * 60 * 60;
-// RFC 5280 section 4.1.2.2: serials are positive and at most 20 octets; 16 random bytes with the
-// top bit cleared give 127 bits of entropy, well above the CA/B Forum's 64-bit minimum.
-constexpr int k_serial_bytes = 16;
 
 struct pkey_free {
     void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
@@ -60,22 +57,6 @@ bool bio_to_string(BIO* bio, std::string* out) {
     return true;
 }
 
-bool random_serial(X509* cert) {
-    unsigned char bytes[k_serial_bytes];
-    if (RAND_bytes(bytes, sizeof bytes) != 1) {
-        return false;
-    }
-    bytes[0] &= 0x7f;
-    bytes[0] |= 0x01; // never zero, never shorter than it looks
-    BIGNUM* bn = BN_bin2bn(bytes, sizeof bytes, nullptr);
-    if (bn == nullptr) {
-        return false;
-    }
-    bool ok = BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert)) != nullptr;
-    BN_free(bn);
-    return ok;
-}
-
 bool add_ext(X509* cert, X509V3_CTX* ctx, int nid, const std::string& value) {
     X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, ctx, nid, value.c_str());
     if (ext == nullptr) {
@@ -95,7 +76,8 @@ bool set_cn(X509_NAME* name, const std::string& cn) {
 // A certificate with version 3, random serial, validity window and public key; unsigned.
 x509_ptr new_cert(EVP_PKEY* key, const std::string& cn, long offset_days, long days) {
     x509_ptr cert(X509_new());
-    if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1 || !random_serial(cert.get()) ||
+    if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1 ||
+        !detail::random_serial(cert.get()) ||
         X509_gmtime_adj(X509_getm_notBefore(cert.get()), offset_days * k_seconds_per_day) ==
             nullptr ||
         X509_gmtime_adj(X509_getm_notAfter(cert.get()), (offset_days + days) * k_seconds_per_day) ==

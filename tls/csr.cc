@@ -20,8 +20,6 @@ namespace {
 
 // Clock skew between the relay and a connector must not make a fresh certificate not yet valid.
 constexpr long k_backdate_seconds = 5 * 60;
-// RFC 5280 section 4.1.2.2: positive, at most 20 octets; 127 random bits (as tls/ca.cc).
-constexpr int k_serial_bytes = 16;
 // NIST SP 800-131A: RSA below 2048 bits is disallowed for signatures.
 constexpr int k_min_rsa_bits = 2048;
 
@@ -85,22 +83,6 @@ x509_ptr parse_cert(const std::string& pem) {
         return nullptr;
     }
     return x509_ptr(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-}
-
-bool random_serial(X509* cert) {
-    unsigned char bytes[k_serial_bytes];
-    if (RAND_bytes(bytes, sizeof bytes) != 1) {
-        return false;
-    }
-    bytes[0] &= 0x7f;
-    bytes[0] |= 0x01;
-    BIGNUM* bn = BN_bin2bn(bytes, sizeof bytes, nullptr);
-    if (bn == nullptr) {
-        return false;
-    }
-    bool ok = BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert)) != nullptr;
-    BN_free(bn);
-    return ok;
 }
 
 bool add_ext(X509* cert, X509V3_CTX* ctx, int nid, const char* value) {
@@ -245,7 +227,8 @@ result<issued_cert> sign_csr(const pem_pair& ca, const std::string& csr_pem, con
     }
     x509_ptr cert(X509_new());
     X509_NAME* subject = cert ? X509_get_subject_name(cert.get()) : nullptr;
-    if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1 || !random_serial(cert.get()) ||
+    if (!cert || X509_set_version(cert.get(), X509_VERSION_3) != 1 ||
+        !detail::random_serial(cert.get()) ||
         X509_gmtime_adj(X509_getm_notBefore(cert.get()), -k_backdate_seconds) == nullptr ||
         X509_time_adj_ex(X509_getm_notAfter(cert.get()), id.days, 0, nullptr) == nullptr ||
         X509_set_pubkey(cert.get(), pub) != 1 ||

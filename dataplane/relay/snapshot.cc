@@ -27,6 +27,16 @@ int compare_versions(std::string_view a, std::string_view b) noexcept {
     return 0;
 }
 
+std::string lowercase_hostname(std::string_view host) {
+    std::string out(host);
+    for (char& c : out) {
+        if (c >= 'A' && c <= 'Z') {
+            c = char(c - 'A' + 'a');
+        }
+    }
+    return out;
+}
+
 void finalize(snapshot& s) {
     s.connector_by_fingerprint.clear();
     s.app_by_hostname.clear();
@@ -35,13 +45,7 @@ void finalize(snapshot& s) {
         const auto& a = s.apps[i];
         backends[a.group].push_back(a.backend);
         if (!a.hostname.empty()) {
-            std::string host = a.hostname;
-            for (char& c : host) {
-                if (c >= 'A' && c <= 'Z') {
-                    c = char(c - 'A' + 'a');
-                }
-            }
-            s.app_by_hostname.emplace(std::move(host), uint32_t(i));
+            s.app_by_hostname.emplace(lowercase_hostname(a.hostname), uint32_t(i));
         }
     }
     for (std::size_t i = 0; i < s.connectors.size(); ++i) {

@@ -13,7 +13,7 @@ namespace apprelay::relay {
 
 struct tenant_entry {
     std::string name;
-    std::string ca_path; // verifies this tenant's connector certificates
+    std::string ca_path;        // verifies this tenant's connector certificates
     std::string ca_fingerprint; // user certificates for this tenant's apps chain to it
 };
 
@@ -76,6 +76,9 @@ struct snapshot {
 // connector_by_fingerprint, app_by_hostname (lowercase), and each connector's CONFIG body (its
 // tenant, group and the backends of the group's apps). Control thread only.
 void finalize(snapshot& s);
+
+// ASCII lowercase: the key of app_by_hostname (SNI matching is case-insensitive, RFC 6066 s3).
+std::string lowercase_hostname(std::string_view host);
 
 // -1, 0, 1 comparing dotted numeric versions ("0.10.2" > "0.9"); a non-numeric part compares as 0.
 int compare_versions(std::string_view a, std::string_view b) noexcept;

@@ -36,16 +36,6 @@ constexpr std::size_t k_full_scan = 8;
 // Timer resolution: liveness and handshake deadlines are seconds; 10 ms ticks are plenty.
 constexpr uint64_t k_timer_tick_ns = 10'000'000;
 
-std::string lowercase(std::string_view s) {
-    std::string out(s);
-    for (char& c : out) {
-        if (c >= 'A' && c <= 'Z') {
-            c = char(c - 'A' + 'a');
-        }
-    }
-    return out;
-}
-
 void set_nodelay(int fd) {
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -339,7 +329,7 @@ void user_conn::start_stream() {
     const auto& snap = _w->snap();
     // By name in the current snapshot, not by the index the TLS context was built with: the
     // configuration may have changed during the handshake (the app deleted or moved).
-    auto found = snap.app_by_hostname.find(lowercase(_tx.tls().sni()));
+    auto found = snap.app_by_hostname.find(lowercase_hostname(_tx.tls().sni()));
     if (found == snap.app_by_hostname.end()) {
         _w->_counters.add(relay_counter::user_unknown_sni);
         log::info(
@@ -759,7 +749,6 @@ void tunnel_conn::reconfigure() {
     const auto& c = snap.connectors[it->second];
     std::string key = snap.tenants[c.tenant].name + "/" + snap.groups[c.group].name;
     _connector = int32_t(it->second);
-    _group = c.group;
     const uint64_t gid = snap.groups[c.group].id;
     const bool moved = gid != _group_id; // a rename keeps the id: label change only
     _group_id = gid;
@@ -771,9 +760,12 @@ void tunnel_conn::reconfigure() {
                                       {"streams", _streams.size()}});
         _group_key = std::move(key);
         _w->_counters.add(relay_counter::tunnels_moved);
+        // Leave the routing table under the old group, then take the new index.
         drain_with(tunnel::reason::no_error, "connector moved to group " + _group_key);
+        _group = c.group;
         return;
     }
+    _group = c.group;
     _group_key = std::move(key);
     if (_state == state::ready) {
         send_config(false);

@@ -1,8 +1,10 @@
 #include "tls/detail/ossl.hh"
 
 #include <cstdio>
+#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 namespace apprelay::tls::detail {
 
@@ -78,6 +80,23 @@ int ctx_app_index_slot() {
 int ssl_unknown_sni_slot() {
     static const int slot = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
     return slot;
+}
+
+bool random_serial(X509* cert) {
+    // 16 random bytes with the top bit cleared: 127 bits, well above the CA/B Forum's 64.
+    unsigned char bytes[16];
+    if (RAND_bytes(bytes, sizeof bytes) != 1) {
+        return false;
+    }
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    BIGNUM* bn = BN_bin2bn(bytes, sizeof bytes, nullptr);
+    if (bn == nullptr) {
+        return false;
+    }
+    bool ok = BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert)) != nullptr;
+    BN_free(bn);
+    return ok;
 }
 
 } // namespace apprelay::tls::detail

@@ -15,6 +15,10 @@ bool drain_errors(std::string* out, int want_reason_a = 0, int want_reason_b = 0
 // "what path: reason" for creation errors; drains the queue.
 std::string describe(const char* what, const std::string& path);
 
+// A random positive serial of 127 bits (RFC 5280 4.1.2.2: positive, at most 20 octets; the top
+// byte is never zero, so the encoding is never shorter than it looks). False on RNG failure.
+bool random_serial(X509* cert);
+
 // SHA-256 of the DER encoding as 64 lowercase hex chars; empty on failure.
 std::string sha256_hex(X509* cert);
 
