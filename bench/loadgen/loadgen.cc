@@ -3,10 +3,15 @@
 //
 //   --connect 127.0.0.1:PORT --sni web.contoso.test --ca ca.crt --streams N --concurrency C
 //   --bytes B [--mode echo|rr|idle|probe] [--duration SECONDS] [--threads T] [--half-close]
-//   [--timeout SECONDS] [--rate STREAMS_PER_S] [--json]
+//   [--timeout SECONDS] [--rate STREAMS_PER_S] [--request-rate REQUESTS_PER_S] [--json]
 //
 // --rate paces new streams (all threads together); without it streams start as fast as the
 // concurrency allows.
+// --request-rate (rr only) paces requests instead of sending the next one as soon as the echo is
+// back: each stream gets an even share of the rate and a fixed schedule (request k is due at
+// first + k * streams / rate). A request is sent when due or, if the stream is behind schedule,
+// at once; its latency is measured from when it was due, so queueing behind a slow peer counts
+// (no coordinated omission). This is how p99 at a given load (half of the peak) is measured.
 //
 // Modes (each stream is one TCP connection with a full TLS handshake, SNI + verification
 // against --ca, no resumption):
@@ -97,6 +102,7 @@ struct options {
     double timeout_s = 120; // whole run; a stream alone may not exceed it either
     double duration_s = 10; // rr: measured window; idle: longest hold
     double rate = 0;        // new streams per second over all threads; 0 = as fast as possible
+    double request_rate = 0; // rr: requests per second over all streams; 0 = closed loop
 };
 
 enum class state { connecting, handshaking, transferring, holding, done, failed };
@@ -114,7 +120,8 @@ struct stream {
     bool peer_closed = false; // close_notify or TCP EOF
     bool settled = false;     // counted in run_shared::settled
     clock_type::time_point start;
-    clock_type::time_point req_start;
+    clock_type::time_point req_start; // --request-rate: when the request was due
+    bool parked = false;              // --request-rate: next request not due yet
     std::string why;
     uint32_t events = 0;
 };
@@ -191,9 +198,11 @@ public:
                     break;
                 }
             }
-            int n =
-                epoll_wait(_ep, evs.data(), k_max_events,
-                           _o.rate > 0 && _next_id < _end_id ? k_pace_wait_ms : k_epoll_wait_ms);
+            int wait_ms = _o.rate > 0 && _next_id < _end_id ? k_pace_wait_ms : k_epoll_wait_ms;
+            if (!_parked.empty()) {
+                wait_ms = std::min(wait_ms, release_parked());
+            }
+            int n = epoll_wait(_ep, evs.data(), k_max_events, wait_ms);
             for (int i = 0; i < n; ++i) {
                 int fd = evs[i].data.fd;
                 auto it = _active.find(fd);
@@ -278,6 +287,40 @@ private:
 
     int64_t window_ns() const { return int64_t(_o.duration_s * 1e9); }
 
+    // --request-rate: per-stream interval between requests.
+    clock_type::duration request_interval() const {
+        return std::chrono::duration_cast<clock_type::duration>(
+            std::chrono::duration<double>(double(_o.streams) / _o.request_rate));
+    }
+
+    // Sends the requests that came due; returns the ms until the next one is (at most
+    // k_epoll_wait_ms, at least 0).
+    int release_parked() {
+        auto now = clock_type::now();
+        auto next = now + std::chrono::milliseconds(k_epoll_wait_ms);
+        std::vector<int> due;
+        for (int fd : _parked) {
+            auto& s = *_active[fd];
+            if (s.req_start <= now) {
+                due.push_back(fd);
+            } else {
+                next = std::min(next, s.req_start);
+            }
+        }
+        for (int fd : due) {
+            _parked.erase(std::find(_parked.begin(), _parked.end(), fd));
+            auto& s = *_active[fd];
+            s.parked = false;
+            s.target += _o.bytes;
+            drive(s, 0);
+            if (s.st == state::done || s.st == state::failed) {
+                finish(fd);
+            }
+        }
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - now).count();
+        return int(std::clamp<long long>(ms, 0, k_epoll_wait_ms));
+    }
+
     void fail(stream& s, std::string why) {
         if (s.st != state::failed) {
             s.st = state::failed;
@@ -327,6 +370,10 @@ private:
     void finish(int fd) {
         auto it = _active.find(fd);
         stream& s = *it->second;
+        if (s.parked) {
+            _parked.erase(std::find(_parked.begin(), _parked.end(), fd));
+            s.parked = false;
+        }
         _res.bytes_sent += s.sent;
         _res.bytes_received += s.received;
         _res.requests += s.requests;
@@ -474,8 +521,19 @@ private:
         if (start != 0 && now_ns >= start + window_ns()) {
             return false;
         }
+        if (_o.request_rate > 0) {
+            // The next request is due one interval after this one was; behind schedule it goes
+            // at once (and its latency counts from when it was due).
+            s.req_start += request_interval();
+            if (s.req_start > now) {
+                s.parked = true;
+                _parked.push_back(s.fd);
+                return false;
+            }
+        } else {
+            s.req_start = now;
+        }
         s.target += _o.bytes;
-        s.req_start = now;
         return true;
     }
 
@@ -547,7 +605,7 @@ private:
                         }
                         continue;
                     }
-                    if (s.st == state::holding) {
+                    if (s.st == state::holding || s.parked) {
                         break;
                     }
                     s.tls->shutdown();
@@ -610,6 +668,7 @@ private:
     uint8_t* _rbuf = nullptr;
     std::size_t _rbuf_size = 0;
     std::unordered_map<int, std::unique_ptr<stream>> _active;
+    std::vector<int> _parked; // --request-rate: streams whose next request is not due yet
     thread_result _res;
 };
 
@@ -619,7 +678,7 @@ int usage(const char* why) {
                  "usage: apprelay-loadgen --connect HOST:PORT --sni NAME --ca CA.pem "
                  "--streams N --concurrency C --bytes B [--mode echo|rr|idle|probe] "
                  "[--duration SECONDS] [--threads T] [--half-close] [--timeout SECONDS] "
-                 "[--rate STREAMS_PER_S] [--json]\n",
+                 "[--rate STREAMS_PER_S] [--request-rate REQUESTS_PER_S] [--json]\n",
                  why);
     return 2;
 }
@@ -775,6 +834,10 @@ int main(int argc, char** argv) {
             o.concurrency = n;
         } else if (a == "--bytes" && (v = next()) && parse_u64(v, n)) {
             o.bytes = n;
+        } else if (a == "--request-rate" && (v = next())) {
+            if (!parse_positive(v, o.request_rate) || o.request_rate > 1e7) {
+                return usage("bad value for --request-rate");
+            }
         } else if (a == "--rate" && (v = next())) {
             if (!parse_positive(v, o.rate)) {
                 return usage("bad value for --rate");
@@ -791,6 +854,9 @@ int main(int argc, char** argv) {
     }
     if (o.connect.empty() || o.sni.empty()) {
         return usage("--connect and --sni are required");
+    }
+    if (o.request_rate > 0 && o.mode != run_mode::rr) {
+        return usage("--request-rate applies to --mode rr only");
     }
     if (o.mode == run_mode::rr || o.mode == run_mode::idle) {
         // Every stream is open for the whole run: the stream count is the concurrency.
@@ -902,14 +968,14 @@ int main(int argc, char** argv) {
                     "\"streams_per_s\":%.2f,\"requests\":%llu,\"window_s\":%.3f,"
                     "\"requests_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
                     "\"max_us\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"concurrency\":%llu,"
-                    "\"threads\":%u}\n",
+                    "\"threads\":%u,\"request_rate\":%.1f}\n",
                     mode_name(o.mode), (unsigned long long)o.streams, (unsigned long long)total.ok,
                     (unsigned long long)total.failed, (unsigned long long)o.bytes,
                     (unsigned long long)total.bytes_sent, (unsigned long long)total.bytes_received,
                     secs, mbps, gbps, sps, (unsigned long long)total.requests,
                     o.mode == run_mode::rr ? o.duration_s : secs, rps, p50, p99, p999,
                     double(total.latency_ns.max()) / 1e3, p50 / 1e3, p99 / 1e3,
-                    (unsigned long long)o.concurrency, threads);
+                    (unsigned long long)o.concurrency, threads, o.request_rate);
     }
     std::fflush(stdout);
     return total.failed == 0 && total.ok == o.streams ? 0 : 1;
