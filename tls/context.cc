@@ -3,10 +3,13 @@
 //
 // SNI (server): the default SSL_CTX carries a servername callback and owns (through ex_data, so it
 // lives exactly as long as the SSL_CTX and every SSL that still references it) a table of
-// lowercase hostname -> per-application SSL_CTX. The callback switches the SSL to the matching
-// SSL_CTX; that context's ex_data holds app_index + 1, which session::sni_index() reads back.
-// Every per-application SSL_CTX gets the same settings as the default one (verify mode, client CA
-// store...) because after SSL_set_SSL_CTX OpenSSL verifies against the new context's store.
+// lowercase hostname -> the application's certificate, key and chain (held by a per-application
+// SSL_CTX built with the same settings, which also validates them at load). The callback puts
+// that certificate on the SSL itself (SSL_use_cert_and_key: reference counts only) and stores
+// app_index + 1 in the SSL's ex_data, which session::sni_index() reads back. It does not switch
+// the SSL to the application's SSL_CTX: SSL_set_SSL_CTX cost ~110 us per handshake here (OpenSSL
+// 3.0; bench/micro/tls tls_server_handshake/1), a third of a user session's relay cpu. Every
+// setting except the certificate is the same in both contexts, so nothing else changes.
 #include "tls/context.hh"
 
 #include "tls/detail/ossl.hh"
@@ -34,13 +37,21 @@ constexpr std::size_t k_max_hostname = 255;
 // Leaf + intermediates + root; tenant PKIs are shallow.
 constexpr int k_verify_depth = 4;
 
+struct sni_cert {
+    SSL_CTX* ctx = nullptr;           // owns the three below
+    X509* cert = nullptr;             // SSL_CTX_get0_certificate
+    EVP_PKEY* key = nullptr;          // SSL_CTX_get0_privatekey
+    STACK_OF(X509)* chain = nullptr;  // SSL_CTX_get0_chain_certs (may be null)
+    uintptr_t tagged_index = 0;       // app_index + 1
+};
+
 struct sni_table {
     bool unknown_sni_fails = false;
-    std::map<std::string, SSL_CTX*, std::less<>> by_name; // lowercase hostname -> context
+    std::map<std::string, sni_cert, std::less<>> by_name; // lowercase hostname -> certificate
 
     ~sni_table() {
-        for (auto& [name, ctx] : by_name) {
-            SSL_CTX_free(ctx);
+        for (auto& [name, entry] : by_name) {
+            SSL_CTX_free(entry.ctx);
         }
     }
 };
@@ -181,7 +192,10 @@ int on_servername(SSL* ssl, int* alert, void* arg) {
         if (to_lower(requested, lower, sizeof lower)) {
             auto it = table->by_name.find(std::string_view(lower, requested.size()));
             if (it != table->by_name.end()) {
-                if (SSL_set_SSL_CTX(ssl, it->second) == nullptr) {
+                const sni_cert& e = it->second;
+                if (SSL_use_cert_and_key(ssl, e.cert, e.key, e.chain, 1) != 1 ||
+                    SSL_set_ex_data(ssl, detail::ssl_app_index_slot(),
+                                    reinterpret_cast<void*>(e.tagged_index)) != 1) {
                     *alert = SSL_AD_INTERNAL_ERROR;
                     return SSL_TLSEXT_ERR_ALERT_FATAL;
                 }
@@ -332,9 +346,18 @@ result<std::shared_ptr<server_context>> server_context::create(const server_opti
         if (ctx == nullptr) {
             return error(errc::tls_error, "cannot create SNI TLS context");
         }
-        table->by_name.emplace(std::move(key), ctx);
-        SSL_CTX_set_ex_data(ctx, detail::ctx_app_index_slot(),
-                            reinterpret_cast<void*>(static_cast<uintptr_t>(entry.app_index) + 1));
+        sni_cert e;
+        e.ctx = ctx;
+        e.cert = SSL_CTX_get0_certificate(ctx);
+        e.key = SSL_CTX_get0_privatekey(ctx);
+        if (SSL_CTX_get0_chain_certs(ctx, &e.chain) != 1 || e.cert == nullptr ||
+            e.key == nullptr) {
+            SSL_CTX_free(ctx);
+            set_why(why, detail::describe("cannot read back certificate", entry.cert.cert_pem_path));
+            return error(errc::tls_error, "cannot create SNI TLS context");
+        }
+        e.tagged_index = static_cast<uintptr_t>(entry.app_index) + 1;
+        table->by_name.emplace(std::move(key), e);
     }
     SSL_CTX_set_tlsext_servername_callback(def, &on_servername);
     SSL_CTX_set_tlsext_servername_arg(def, table);

@@ -215,11 +215,9 @@ int64_t session::sni_index() const noexcept {
     if (_ssl == nullptr) {
         return -1;
     }
-    // The servername callback switched the SSL to the application's SSL_CTX, which stores
-    // app_index + 1 (0 / absent = the default context).
-    SSL_CTX* ctx = SSL_get_SSL_CTX(as_ssl(_ssl));
+    // The servername callback stored app_index + 1 (0 / absent = no SNI entry matched).
     auto tagged =
-        reinterpret_cast<uintptr_t>(SSL_CTX_get_ex_data(ctx, detail::ctx_app_index_slot()));
+        reinterpret_cast<uintptr_t>(SSL_get_ex_data(as_ssl(_ssl), detail::ssl_app_index_slot()));
     return tagged == 0 ? -1 : static_cast<int64_t>(tagged - 1);
 }
 

@@ -72,8 +72,8 @@ std::string sha256_hex(X509* cert) {
     return hex;
 }
 
-int ctx_app_index_slot() {
-    static const int slot = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+int ssl_app_index_slot() {
+    static const int slot = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
     return slot;
 }
 

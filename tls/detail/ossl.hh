@@ -23,8 +23,8 @@ bool random_serial(X509* cert);
 std::string sha256_hex(X509* cert);
 
 // ex_data slots, allocated once per process (thread-safe static initialisation).
-// SSL_CTX slot: app_index + 1 of the SNI entry the context serves (0 = none).
-int ctx_app_index_slot();
+// SSL slot: app_index + 1 of the SNI entry the servername callback picked (0 = none).
+int ssl_app_index_slot();
 // SSL slot: non-null when the servername callback refused the handshake (unknown SNI).
 int ssl_unknown_sni_slot();
 

@@ -3,6 +3,11 @@
 //   tls_seal_open/65536   one 64 KiB write (4 records), as the tunnel pump writes a burst
 //   evp_aes128gcm/16384   the same bytes through raw EVP AES-128-GCM seal + open (the floor)
 //   tls_handshake         full TLS 1.3 handshake with certificate verification, handshakes/s
+//   tls_server_handshake/0  the server's share of it only (manual timing around the server's
+//                         calls): default certificate
+//   tls_server_handshake/1  ... with the relay's user-listener SNI table (unknown names refused,
+//                         the app's certificate picked in the servername callback)
+//   tls_session_new       creating and freeing one server session (SSL_new + BIOs + SSL_free)
 // The gap between tls_seal_open/16384 and evp_aes128gcm is the per-record overhead of SSL and the
 // session's BIOs.
 // Run: build/bench/micro/tls/tls_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only
@@ -11,6 +16,7 @@
 #include "tls/session.hh"
 
 #include <benchmark/benchmark.h>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -29,6 +35,7 @@ constexpr std::size_t k_record = 16384;
 struct bench_pki {
     std::string dir;
     std::shared_ptr<server_context> server;
+    std::shared_ptr<server_context> sni_server; // the relay's user listener shape
     std::shared_ptr<client_context> client;
 
     bench_pki() {
@@ -46,6 +53,11 @@ struct bench_pki {
         server_options so;
         so.default_cert = {dir + "/relay.crt", dir + "/relay.key"};
         server = *server_context::create(so, &why);
+        server_options uo;
+        uo.default_cert = so.default_cert;
+        uo.sni.push_back({"relay.bench", so.default_cert, 0});
+        uo.unknown_sni_fails = true;
+        sni_server = *server_context::create(uo, &why);
         client_options co;
         co.ca_pem_path = dir + "/ca.crt";
         co.server_name = "relay.bench";
@@ -161,6 +173,55 @@ void tls_handshake(benchmark::State& state) {
         benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 BENCHMARK(tls_handshake)->Unit(benchmark::kMicrosecond);
+
+// Like connect(), but only the server's calls are timed.
+bool connect_timed(session& client, session& server, double* server_s) {
+    using clk = std::chrono::steady_clock;
+    for (int i = 0; i < 8; ++i) {
+        auto c = client.handshake();
+        auto t0 = clk::now();
+        transfer(client, server);
+        auto s = server.handshake();
+        *server_s += std::chrono::duration<double>(clk::now() - t0).count();
+        transfer(server, client);
+        if (c.ok() && s.ok()) {
+            return true;
+        }
+        if ((!c.ok() && c.code() != errc::again) || (!s.ok() && s.code() != errc::again)) {
+            return false;
+        }
+    }
+    return false;
+}
+
+void tls_server_handshake(benchmark::State& state) {
+    const auto& ctx = state.range(0) == 0 ? pki().server : pki().sni_server;
+    for (auto _ : state) {
+        auto client = pki().client->new_session();
+        double server_s = 0;
+        auto t0 = std::chrono::steady_clock::now();
+        auto server = ctx->new_session();
+        server_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (!connect_timed(*client, *server, &server_s)) {
+            state.SkipWithError("handshake failed");
+            return;
+        }
+        t0 = std::chrono::steady_clock::now();
+        server.reset();
+        server_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        state.SetIterationTime(server_s);
+    }
+}
+BENCHMARK(tls_server_handshake)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// SSL_new + SSL_free of a server session (part of every user connection's cost).
+void tls_session_new(benchmark::State& state) {
+    for (auto _ : state) {
+        auto s = pki().sni_server->new_session();
+        benchmark::DoNotOptimize(s.get());
+    }
+}
+BENCHMARK(tls_session_new)->Unit(benchmark::kMicrosecond);
 
 } // namespace
 BENCHMARK_MAIN();

@@ -217,7 +217,12 @@ TEST(tls_session, sni_selects_app_index_case_insensitively) {
     so.sni.push_back({"db.example", p.server_leaf("db", "db.example"), 3});
     so.unknown_sni_fails = true;
     auto server_ctx = make_server(so);
-    for (auto [name, index] : {std::pair<const char*, int>{"web.example", 7}, {"DB.Example", 3}}) {
+    struct want {
+        const char* name;
+        int index;
+        const char* cn; // the certificate the client must see
+    };
+    for (auto [name, index, cn] : {want{"web.example", 7, "web.example"}, want{"DB.Example", 3, "db.example"}}) {
         client_options co;
         co.ca_pem_path = p.path("relay-ca.crt");
         co.server_name = name;
@@ -229,6 +234,7 @@ TEST(tls_session, sni_selects_app_index_case_insensitively) {
         ASSERT_EQ(o.client, errc::ok) << client->last_error();
         EXPECT_EQ(server->sni_index(), index);
         EXPECT_EQ(server->sni(), name);
+        EXPECT_EQ(client->peer_common_name(), cn);
     }
 }
 
