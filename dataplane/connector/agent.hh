@@ -42,6 +42,9 @@ struct agent_options {
     uint32_t backoff_cap_ms = 32000;
     uint32_t give_up_after_ms = 600'000; // exit non-zero after this long with no tunnel
     uint32_t drain_deadline_ms = 30'000; // on stop: GOAWAY, streams finish, then exit
+    // Completion coalescing (io::uring_loop::set_coalescing): after waking for one event, wait
+    // up to this long for more, so one pass serves many streams. 0 = off (the default).
+    uint32_t io_coalesce_us = 0;
 };
 
 // Runs until stop, then drains (GOAWAY to the relay, streams in flight finish, deadline); returns

@@ -41,6 +41,9 @@ int main(int argc, char** argv) {
                     "serve GET /metrics and /status on HOST:PORT (e.g. 127.0.0.1:9464)");
     run->add_option("--backoff-base-ms", o.backoff_base_ms, "reconnect backoff base");
     run->add_option("--backoff-cap-ms", o.backoff_cap_ms, "reconnect backoff cap");
+    run->add_option("--io-coalesce-us", o.io_coalesce_us,
+                    "after waking for one event, wait this long for more (0 = off)")
+        ->check(CLI::Range(0u, 1000u));
     run->add_option("--log-level", level_name, "debug|info|warn|error")
         ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
 

@@ -36,6 +36,9 @@ namespace apprelay::relay {
     X(tunnels_closed, "tunnels closed (any reason)")                                               \
     X(tunnels_up, "gauge: tunnels ready on this worker")                                           \
     X(user_recv_paused, "times a user's receive was paused for lack of tunnel credit")             \
+    X(user_sends, "socket sends to users completed (each carries one or more TLS records)")       \
+    X(tunnel_sends, "socket sends to connectors completed (frames of many streams coalesced)")     \
+    X(loop_iterations, "worker loop iterations (one io_uring wait each)")                          \
     X(user_conns_open, "gauge: user connections open on this worker")
 
 APPRELAY_DECLARE_COUNTERS(relay_counter, APPRELAY_RELAY_COUNTERS)

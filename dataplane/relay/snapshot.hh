@@ -57,6 +57,10 @@ struct relay_limits {
     uint32_t drain_deadline_ms = 30'000;
     uint32_t config_refresh_ms = 120'000; // CONFIG re-sent to every tunnel this often
     uint32_t open_retries = 2; // an OPEN refused before any byte moved is retried this often
+    // Completion coalescing (io::uring_loop::set_coalescing): a worker that woke for one event
+    // waits up to this long for more before working, so one pass (one tunnel send) serves many
+    // streams. 0 = off. Read when a worker starts and on every snapshot.
+    uint32_t io_coalesce_us = 50;
 };
 
 struct snapshot {

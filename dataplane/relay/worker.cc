@@ -26,6 +26,8 @@ constexpr std::size_t k_user_in_low = 64 * 1024;
 constexpr std::size_t k_user_out_low = 64 * 1024;
 // Longest idle wait when nothing is dirty and no timer is due sooner.
 constexpr uint64_t k_max_wait_ns = 50'000'000;
+// Coalescing (limits.io_coalesce_us): wake early once this many completions are ready.
+constexpr unsigned k_coalesce_events = 16;
 // Bytes a user sends before its stream is acknowledged are kept (up to this much) so that an OPEN
 // refused by one connector can be replayed on another (DESIGN.md: an OPEN that fails before any
 // byte reached the user is retried). Beyond it the user waits for OPEN_ACK.
@@ -514,6 +516,7 @@ void user_conn::on_sent(io::conn_id, int res) {
     if (_state == state::dead) {
         return;
     }
+    _w->_counters.add(relay_counter::user_sends);
     if (!_tx.on_sent(res)) {
         if (_t != nullptr) {
             _t->forget_stream(_sid, true);
@@ -924,6 +927,7 @@ void tunnel_conn::on_sent(io::conn_id, int res) {
     if (_state == state::closed) {
         return;
     }
+    _w->_counters.add(relay_counter::tunnel_sends);
     if (!_tx.on_sent(res)) {
         fail(relay_counter::tunnels_closed, "send to connector failed");
         return;
@@ -1063,6 +1067,7 @@ void worker::apply_config() {
     // Indices of the old snapshot are meaningless now: every tunnel re-resolves its identity
     // (revoked ones close, moved ones drain), then the routing table is rebuilt.
     _counters.add(relay_counter::config_updates);
+    _loop->set_coalescing(k_coalesce_events, uint64_t(snap().limits.io_coalesce_us) * 1000);
     auto tunnels = _tunnels;
     for (auto* t : tunnels) {
         t->reconfigure();
@@ -1340,6 +1345,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
     _user_listen_id = *ul;
     _tunnel_listen_id = *tl;
 
+    _loop->set_coalescing(k_coalesce_events, uint64_t(snap().limits.io_coalesce_us) * 1000);
     uint64_t drain_deadline = 0;
     for (;;) {
         _now = mono_ns();
@@ -1366,6 +1372,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
             wait = next <= _now ? 0 : std::min(k_max_wait_ns, next - _now);
         }
         _loop->run_once(wait);
+        _counters.add(relay_counter::loop_iterations);
         _now = mono_ns();
         drain_handoffs();
         _wheel->advance(_now);

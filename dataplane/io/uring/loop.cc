@@ -45,6 +45,7 @@ struct uring_loop::slot {
     bool detaching = false;
     bool abort = false;
     bool released_check = false;
+    uint32_t flow_period = 0; // last coalescing period in which this socket received bytes
     sockaddr_storage addr{};
 };
 
@@ -438,6 +439,10 @@ void uring_loop::dispatch(uint64_t ud, int res, uint32_t flags) {
         break;
     }
     case op::recv: {
+        if (res > 0 && _slots[index].flow_period != _flow_period) {
+            _slots[index].flow_period = _flow_period;
+            ++_period_flows;
+        }
         slot& s = _slots[index];
         if (!more) {
             --s.inflight;
@@ -503,6 +508,17 @@ void uring_loop::dispatch(uint64_t ud, int res, uint32_t flags) {
 
 unsigned uring_loop::run_once(uint64_t timeout_ns) {
     io_uring* ring = _ring.get();
+    if (_coalesce_ns != 0) {
+        timespec ts{};
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        uint64_t now = uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+        if (now - _period_start_ns >= k_flow_period_ns) {
+            _recent_flows = _period_flows;
+            _period_flows = 0;
+            ++_flow_period;
+            _period_start_ns = now;
+        }
+    }
     if (timeout_ns == 0) {
         io_uring_submit_and_get_events(ring);
     } else {
@@ -512,6 +528,16 @@ unsigned uring_loop::run_once(uint64_t timeout_ns) {
         io_uring_cqe* cqe = nullptr;
         ++_stats.waits;
         io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, nullptr);
+        if (_coalesce_ns != 0 && _recent_flows >= k_coalesce_min_flows &&
+            io_uring_cq_ready(ring) < _coalesce_min) {
+            // With DEFER_TASKRUN the kernel wakes us only once _coalesce_min completions are
+            // ready (or the window ends): no wake-up per event meanwhile.
+            __kernel_timespec window{};
+            window.tv_nsec = int64_t(_coalesce_ns % 1'000'000'000ull);
+            window.tv_sec = int64_t(_coalesce_ns / 1'000'000'000ull);
+            ++_stats.coalesce_waits;
+            io_uring_submit_and_wait_timeout(ring, &cqe, _coalesce_min, &window, nullptr);
+        }
     }
     unsigned total = 0;
     struct item {

@@ -32,6 +32,7 @@ struct loop_stats {
     uint64_t sq_full_submits = 0; // SQ full: submitted early
     uint64_t cqes = 0;
     uint64_t waits = 0;
+    uint64_t coalesce_waits = 0; // second waits for more completions (set_coalescing)
 };
 
 class uring_loop {
@@ -68,6 +69,18 @@ public:
     // Submit queued SQEs, wait up to timeout_ns for at least one completion (0 = poll), dispatch
     // every available completion. Returns completions dispatched.
     unsigned run_once(uint64_t timeout_ns);
+    // Completion coalescing (interrupt moderation): when run_once had to block and woke with
+    // fewer than min_events completions, it waits up to window_ns more for min_events before
+    // dispatching -- but only while many flows are active (at least k_coalesce_min_flows
+    // sockets received bytes in the last k_flow_period_ns): only then can one pass serve several
+    // of them (one tunnel send carrying many streams' frames). A single bulk flow is never
+    // delayed (measured: 50 us on one bulk stream cost 40% of its throughput). Busy loops never
+    // wait (timeout 0 polls); an idle loop still sleeps until its first event. Costs at most
+    // window_ns of latency per blocking wait. window_ns = 0 turns it off (the default).
+    void set_coalescing(unsigned min_events, uint64_t window_ns) {
+        _coalesce_min = min_events < 2 ? 2 : min_events;
+        _coalesce_ns = window_ns;
+    }
     // Thread-safe: makes a waiting run_once return soon and calls the wake handler on the loop.
     void wake() noexcept;
     void set_wake_handler(std::function<void()> fn) { _on_wake = std::move(fn); }
@@ -106,6 +119,14 @@ private:
     std::atomic<bool> _wake_pending{false};
     std::function<void()> _on_wake;
     loop_stats _stats;
+    unsigned _coalesce_min = 2;
+    uint64_t _coalesce_ns = 0;
+    static constexpr unsigned k_coalesce_min_flows = 4;
+    static constexpr uint64_t k_flow_period_ns = 1'000'000;
+    uint32_t _flow_period = 1;    // stamps slots that received bytes in the current period
+    unsigned _period_flows = 0;   // distinct sockets that received bytes this period
+    unsigned _recent_flows = 0;   // ... in the last complete period
+    uint64_t _period_start_ns = 0;
 };
 
 } // namespace apprelay::io

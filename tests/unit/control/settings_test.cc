@@ -71,6 +71,7 @@ ping_interval_ms = 200
 ping_timeout_ms = 900
 config_refresh_ms = 500
 open_retries = 3
+io_coalesce_us = 0
 )",
                    &s),
               "");
@@ -81,6 +82,7 @@ open_retries = 3
     EXPECT_EQ(s.limits.ping_interval_ms, 200u);
     EXPECT_EQ(s.limits.config_refresh_ms, 500u);
     EXPECT_EQ(s.limits.open_retries, 3u);
+    EXPECT_EQ(s.limits.io_coalesce_us, 0u); // default 50, turned off here
 }
 
 TEST_F(settings, mistakes_are_refused_with_the_key_named) {
@@ -96,6 +98,8 @@ TEST_F(settings, mistakes_are_refused_with_the_key_named) {
               "admin.token: required with admin.listen, at least 16 characters");
     EXPECT_EQ(load("[relay]\n[limits]\nmax_frame = 70000000\n"),
               "limits.max_frame: expected an integer in 1024..1048576");
+    EXPECT_EQ(load("[relay]\n[limits]\nio_coalesce_us = 5000\n"),
+              "limits.io_coalesce_us: expected an integer in 0..1000");
     EXPECT_EQ(load("[relay]\n[limits]\nping_interval_ms = 500\nping_timeout_ms = 400\n"),
               "limits.ping_timeout_ms: must be greater than limits.ping_interval_ms");
     EXPECT_EQ(load("[relay]\n[connectors]\nmin_version = \"0.3\"\nlatest_version = \"0.2\"\n"),

@@ -1,13 +1,15 @@
 // The io_uring loop against real loopback sockets: accept, connect, multishot receive into the
-// provided buffer ring, ordered sends, pause/resume, abortive close.
+// provided buffer ring, ordered sends, pause/resume, abortive close, completion coalescing.
 #include "dataplane/io/uring/loop.hh"
 
 #include <arpa/inet.h>
+#include <chrono>
 #include <cstring>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <string>
 #include <sys/socket.h>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -175,4 +177,117 @@ TEST(uring_loop, abortive_close_resets_the_peer) {
     loop->close(*sid, /*abort=*/true);
     ASSERT_TRUE(run_until(*loop, [&] { return client.recv_end != 1; }));
     EXPECT_EQ(client.recv_end, -ECONNRESET) << "an aborted stream must never look like a clean end";
+}
+
+namespace {
+
+struct counting_sink : sink {
+    int recvs = 0;
+    void on_recv(conn_id, std::span<const std::byte>) override { ++recvs; }
+};
+
+// n socketpairs whose first ends are in the loop, receiving.
+struct pairs {
+    std::vector<int> peer; // write here
+    std::vector<counting_sink> sinks;
+    explicit pairs(uring_loop& loop, int n) : sinks(std::size_t(n)) {
+        for (int i = 0; i < n; ++i) {
+            int sv[2];
+            EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+            auto id = loop.adopt(sv[0], &sinks[std::size_t(i)]);
+            EXPECT_TRUE(id.ok());
+            loop.start_recv(*id);
+            peer.push_back(sv[1]);
+        }
+        loop.run_once(0);
+    }
+    ~pairs() {
+        for (int fd : peer) {
+            ::close(fd);
+        }
+    }
+    int total() const {
+        int t = 0;
+        for (const auto& s : sinks) {
+            t += s.recvs;
+        }
+        return t;
+    }
+    void poke(int i) { ASSERT_EQ(::write(peer[std::size_t(i)], "x", 1), 1); }
+};
+
+// Makes `flows` sockets receive within one flow period, then lets the period end so the loop
+// counts them as recently active.
+void make_flows_active(uring_loop& loop, pairs& p, int flows) {
+    for (int attempt = 0; attempt < 20; ++attempt) {
+        int before = p.total();
+        for (int i = 0; i < flows; ++i) {
+            p.poke(i);
+        }
+        for (int i = 0; i < 50 && p.total() < before + flows; ++i) {
+            loop.run_once(0);
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(1500));
+        loop.run_once(0); // rolls the period: these flows are now "recent"
+        if (p.total() == before + flows) {
+            return;
+        }
+    }
+}
+
+} // namespace
+
+TEST(uring_loop, coalescing_waits_for_more_completions_while_many_flows_are_active) {
+    auto loop = make_loop();
+    loop->set_coalescing(8, 300'000'000); // 300 ms window, far longer than the writer's delay
+    pairs p(*loop, 8);
+    make_flows_active(*loop, p, 6);
+    int before = p.total();
+    p.poke(0);
+    std::thread later([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        for (int i = 1; i < 8; ++i) {
+            p.poke(i);
+        }
+    });
+    loop->run_once(1'000'000'000); // wakes for the first byte, then waits for 8 completions
+    later.join();
+    EXPECT_EQ(p.total() - before, 8);
+}
+
+TEST(uring_loop, coalescing_never_delays_a_lone_flow) {
+    auto loop = make_loop();
+    loop->set_coalescing(8, 300'000'000);
+    pairs p(*loop, 2);
+    make_flows_active(*loop, p, 1);
+    int before = p.total();
+    p.poke(0);
+    std::thread later([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        p.poke(1);
+    });
+    loop->run_once(1'000'000'000); // one flow: returns with the first completion
+    int got = p.total() - before;
+    later.join();
+    EXPECT_EQ(got, 1);
+    loop->run_once(1'000'000'000);
+    EXPECT_EQ(p.total() - before, 2);
+}
+
+TEST(uring_loop, without_coalescing_run_once_returns_with_the_first_completion) {
+    auto loop = make_loop();
+    pairs p(*loop, 8);
+    make_flows_active(*loop, p, 6);
+    int before = p.total();
+    p.poke(0);
+    std::thread later([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        for (int i = 1; i < 8; ++i) {
+            p.poke(i);
+        }
+    });
+    loop->run_once(1'000'000'000);
+    int got = p.total() - before;
+    later.join();
+    EXPECT_EQ(got, 1);
 }
