@@ -11,6 +11,7 @@
 // The gap between tls_seal_open/16384 and evp_aes128gcm is the per-record overhead of SSL and the
 // session's BIOs.
 // Run: build/bench/micro/tls/tls_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only
+#include "bench/micro/tls/tls_pair.hh"
 #include "tls/ca.hh"
 #include "tls/context.hh"
 #include "tls/session.hh"
@@ -71,29 +72,8 @@ bench_pki& pki() {
     return p;
 }
 
-void transfer(session& from, session& to) {
-    while (from.pending_output_size() > 0) {
-        auto out = from.pending_output();
-        to.feed(out);
-        from.consume_output(out.size());
-    }
-}
-
-bool connect(session& client, session& server) {
-    for (int i = 0; i < 8; ++i) {
-        auto c = client.handshake();
-        transfer(client, server);
-        auto s = server.handshake();
-        transfer(server, client);
-        if (c.ok() && s.ok()) {
-            return true;
-        }
-        if ((!c.ok() && c.code() != errc::again) || (!s.ok() && s.code() != errc::again)) {
-            return false;
-        }
-    }
-    return false;
-}
+using apprelay::bench::connect;
+using apprelay::bench::transfer;
 
 void tls_seal_open(benchmark::State& state) {
     auto client = pki().client->new_session();
@@ -174,26 +154,6 @@ void tls_handshake(benchmark::State& state) {
 }
 BENCHMARK(tls_handshake)->Unit(benchmark::kMicrosecond);
 
-// Like connect(), but only the server's calls are timed.
-bool connect_timed(session& client, session& server, double* server_s) {
-    using clk = std::chrono::steady_clock;
-    for (int i = 0; i < 8; ++i) {
-        auto c = client.handshake();
-        auto t0 = clk::now();
-        transfer(client, server);
-        auto s = server.handshake();
-        *server_s += std::chrono::duration<double>(clk::now() - t0).count();
-        transfer(server, client);
-        if (c.ok() && s.ok()) {
-            return true;
-        }
-        if ((!c.ok() && c.code() != errc::again) || (!s.ok() && s.code() != errc::again)) {
-            return false;
-        }
-    }
-    return false;
-}
-
 void tls_server_handshake(benchmark::State& state) {
     const auto& ctx = state.range(0) == 0 ? pki().server : pki().sni_server;
     for (auto _ : state) {
@@ -202,7 +162,7 @@ void tls_server_handshake(benchmark::State& state) {
         auto t0 = std::chrono::steady_clock::now();
         auto server = ctx->new_session();
         server_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (!connect_timed(*client, *server, &server_s)) {
+        if (!connect(*client, *server, &server_s)) {
             state.SkipWithError("handshake failed");
             return;
         }

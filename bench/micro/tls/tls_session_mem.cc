@@ -12,6 +12,7 @@
 // Deterministic for a given OpenSSL build (no timing involved).
 //
 //   build/bench/micro/tls/tls_session_mem [--sessions N] [--json]
+#include "bench/micro/tls/tls_pair.hh"
 #include "tls/ca.hh"
 #include "tls/context.hh"
 #include "tls/session.hh"
@@ -82,29 +83,8 @@ void hook_free(void* p, const char*, int) {
     std::free(p);
 }
 
-void transfer(tls::session& from, tls::session& to) {
-    while (from.pending_output_size() > 0) {
-        auto out = from.pending_output();
-        to.feed(out);
-        from.consume_output(out.size());
-    }
-}
-
-bool connect(tls::session& client, tls::session& server) {
-    for (int i = 0; i < 8; ++i) {
-        auto c = client.handshake();
-        transfer(client, server);
-        auto s = server.handshake();
-        transfer(server, client);
-        if (c.ok() && s.ok()) {
-            return true;
-        }
-        if ((!c.ok() && c.code() != errc::again) || (!s.ok() && s.code() != errc::again)) {
-            return false;
-        }
-    }
-    return false;
-}
+using apprelay::bench::connect;
+using apprelay::bench::transfer;
 
 // 16 bytes each way, read fully on the other side (the idle scenario's one exchange).
 bool exchange(tls::session& a, tls::session& b) {
