@@ -3,13 +3,13 @@
 //
 // SNI (server): the default SSL_CTX carries a servername callback and owns (through ex_data, so it
 // lives exactly as long as the SSL_CTX and every SSL that still references it) a table of
-// lowercase hostname -> the application's certificate, key and chain (held by a per-application
-// SSL_CTX built with the same settings, which also validates them at load). The callback puts
+// lowercase hostname -> the application's certificate, key and chain (held by a bare
+// per-application SSL_CTX that only loads and checks them). The callback puts
 // that certificate on the SSL itself (SSL_use_cert_and_key: reference counts only) and stores
 // app_index + 1 in the SSL's ex_data, which session::sni_index() reads back. It does not switch
 // the SSL to the application's SSL_CTX: SSL_set_SSL_CTX cost ~110 us per handshake here (OpenSSL
-// 3.0; bench/micro/tls tls_server_handshake/1), a third of a user session's relay cpu. Every
-// setting except the certificate is the same in both contexts, so nothing else changes.
+// 3.0; bench/micro/tls tls_server_handshake/1), a third of a user session's relay cpu. Every other
+// setting (verify mode, client CA store...) stays the default context's.
 #include "tls/context.hh"
 
 #include "tls/detail/ossl.hh"
@@ -342,8 +342,13 @@ result<std::shared_ptr<server_context>> server_context::create(const server_opti
             set_why(why, "duplicate SNI hostname '" + entry.hostname + "'");
             return error(errc::invalid_argument, "duplicate SNI hostname");
         }
-        SSL_CTX* ctx = new_server_ctx(opts, &entry.cert, why);
-        if (ctx == nullptr) {
+        // Only a holder for the certificate, key and chain: no TLS settings, no client CAs.
+        SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+        if (ctx == nullptr || !load_cert(ctx, entry.cert, why)) {
+            if (ctx == nullptr) {
+                set_why(why, detail::describe("cannot create SSL_CTX", "(SNI)"));
+            }
+            SSL_CTX_free(ctx);
             return error(errc::tls_error, "cannot create SNI TLS context");
         }
         sni_cert e;

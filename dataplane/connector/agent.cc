@@ -732,7 +732,7 @@ int agent::run(const std::atomic<bool>& stop) {
         return 2;
     }
     loop = std::move(*l);
-    loop->set_coalescing(16, uint64_t(opts.io_coalesce_us) * 1000);
+    loop->set_coalescing(io::uring_loop::k_coalesce_events, uint64_t(opts.io_coalesce_us) * 1000);
     if (!opts.metrics_listen.empty()) {
         http = status_http::start(opts.metrics_listen, &why);
         if (!http) {

@@ -26,8 +26,6 @@ constexpr std::size_t k_user_in_low = 64 * 1024;
 constexpr std::size_t k_user_out_low = 64 * 1024;
 // Longest idle wait when nothing is dirty and no timer is due sooner.
 constexpr uint64_t k_max_wait_ns = 50'000'000;
-// Coalescing (limits.io_coalesce_us): wake early once this many completions are ready.
-constexpr unsigned k_coalesce_events = 16;
 // Bytes a user sends before its stream is acknowledged are kept (up to this much) so that an OPEN
 // refused by one connector can be replayed on another (DESIGN.md: an OPEN that fails before any
 // byte reached the user is retried). Beyond it the user waits for OPEN_ACK.
@@ -1067,7 +1065,8 @@ void worker::apply_config() {
     // Indices of the old snapshot are meaningless now: every tunnel re-resolves its identity
     // (revoked ones close, moved ones drain), then the routing table is rebuilt.
     _counters.add(relay_counter::config_updates);
-    _loop->set_coalescing(k_coalesce_events, uint64_t(snap().limits.io_coalesce_us) * 1000);
+    _loop->set_coalescing(io::uring_loop::k_coalesce_events,
+                          uint64_t(snap().limits.io_coalesce_us) * 1000);
     auto tunnels = _tunnels;
     for (auto* t : tunnels) {
         t->reconfigure();
@@ -1345,7 +1344,8 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
     _user_listen_id = *ul;
     _tunnel_listen_id = *tl;
 
-    _loop->set_coalescing(k_coalesce_events, uint64_t(snap().limits.io_coalesce_us) * 1000);
+    _loop->set_coalescing(io::uring_loop::k_coalesce_events,
+                          uint64_t(snap().limits.io_coalesce_us) * 1000);
     uint64_t drain_deadline = 0;
     for (;;) {
         _now = mono_ns();

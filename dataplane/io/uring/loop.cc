@@ -439,11 +439,11 @@ void uring_loop::dispatch(uint64_t ud, int res, uint32_t flags) {
         break;
     }
     case op::recv: {
-        if (res > 0 && _slots[index].flow_period != _flow_period) {
-            _slots[index].flow_period = _flow_period;
+        slot& s = _slots[index];
+        if (res > 0 && s.flow_period != _flow_period) {
+            s.flow_period = _flow_period;
             ++_period_flows;
         }
-        slot& s = _slots[index];
         if (!more) {
             --s.inflight;
             s.recv_armed = false;
@@ -506,18 +506,23 @@ void uring_loop::dispatch(uint64_t ud, int res, uint32_t flags) {
     maybe_release(index);
 }
 
+void uring_loop::roll_flow_period() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+    if (now - _period_start_ns >= k_flow_period_ns) {
+        _recent_flows = _period_flows;
+        _period_flows = 0;
+        ++_flow_period;
+        _period_start_ns = now;
+    }
+}
+
 unsigned uring_loop::run_once(uint64_t timeout_ns) {
     io_uring* ring = _ring.get();
-    if (_coalesce_ns != 0) {
-        timespec ts{};
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t now = uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
-        if (now - _period_start_ns >= k_flow_period_ns) {
-            _recent_flows = _period_flows;
-            _period_flows = 0;
-            ++_flow_period;
-            _period_start_ns = now;
-        }
+    if (timeout_ns != 0 && _coalesce_ns != 0) {
+        // The gate is read only before a blocking wait, so only then is the clock read.
+        roll_flow_period();
     }
     if (timeout_ns == 0) {
         io_uring_submit_and_get_events(ring);
