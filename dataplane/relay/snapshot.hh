@@ -4,6 +4,7 @@
 // (dataplane/core/rcu_cell.hh). Indices are only meaningful within one snapshot: anything a
 // worker keeps across snapshots is keyed by connector fingerprint or app hostname.
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -63,6 +64,14 @@ struct relay_limits {
     uint32_t io_coalesce_us = 50;
 };
 
+// Hash for maps keyed by std::string that are searched with a string_view (no allocation).
+struct string_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+        return std::hash<std::string_view>{}(s);
+    }
+};
+
 struct snapshot {
     uint64_t version = 1;
     std::vector<tenant_entry> tenants;
@@ -70,7 +79,8 @@ struct snapshot {
     std::vector<connector_entry> connectors;
     std::vector<app_entry> apps;
     std::unordered_map<std::string, uint32_t> connector_by_fingerprint;
-    std::unordered_map<std::string, uint32_t> app_by_hostname; // lowercase hostname -> app
+    // lowercase hostname -> app; search it with find_app (dataplane/relay/routing.hh)
+    std::unordered_map<std::string, uint32_t, string_hash, std::equal_to<>> app_by_hostname;
     relay_limits limits;
     std::string latest_connector_version = "0.1.0";
     std::string min_connector_version = "0.1.0";

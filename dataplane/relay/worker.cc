@@ -3,6 +3,7 @@
 #include "dataplane/base/log.hh"
 #include "dataplane/base/time.hh"
 #include "dataplane/io/tunnel_pump.hh"
+#include "dataplane/relay/routing.hh"
 #include "dataplane/tunnel/mux.hh"
 
 #include <algorithm>
@@ -30,9 +31,6 @@ constexpr uint64_t k_max_wait_ns = 50'000'000;
 // refused by one connector can be replayed on another (DESIGN.md: an OPEN that fails before any
 // byte reached the user is retried). Beyond it the user waits for OPEN_ACK.
 constexpr std::size_t k_early_max = 64 * 1024;
-// Groups up to this size are scanned whole for the least-loaded tunnel; larger ones use
-// power-of-two choices (O(1) per new stream).
-constexpr std::size_t k_full_scan = 8;
 // Timer resolution: liveness and handshake deadlines are seconds; 10 ms ticks are plenty.
 constexpr uint64_t k_timer_tick_ns = 10'000'000;
 
@@ -329,8 +327,8 @@ void user_conn::start_stream() {
     const auto& snap = _w->snap();
     // By name in the current snapshot, not by the index the TLS context was built with: the
     // configuration may have changed during the handshake (the app deleted or moved).
-    auto found = snap.app_by_hostname.find(lowercase_hostname(_tx.tls().sni()));
-    if (found == snap.app_by_hostname.end()) {
+    const app_route* found = find_app(snap, _tx.tls().sni());
+    if (found == nullptr) {
         _w->_counters.add(relay_counter::user_unknown_sni);
         log::info(
             "user_refused",
@@ -1132,56 +1130,20 @@ void worker::mark_dirty(tunnel_conn* t) {
 }
 
 tunnel_conn* worker::pick_tunnel(uint32_t group, const std::vector<std::string>* exclude) {
-    if (group >= _by_group.size() || _by_group[group].empty()) {
+    if (group >= _by_group.size()) {
         return nullptr;
     }
-    const auto& v = _by_group[group];
-    auto allowed = [exclude](const tunnel_conn* t) {
-        if (exclude != nullptr) {
-            for (const auto& id : *exclude) {
-                if (t->connector_id() == id) {
-                    return false;
-                }
-            }
-        }
-        return true;
-    };
-    // xorshift64: a cheap per-worker random source (no shared state).
-    auto next = [this] {
-        _rng ^= _rng << 13;
-        _rng ^= _rng >> 7;
-        _rng ^= _rng << 17;
-        return _rng;
-    };
-    const std::size_t n = v.size();
-    if (n > k_full_scan) {
-        // Power of two choices: the less loaded of two random tunnels; a few tries around
-        // excluded connectors, then the full scan below.
-        for (int i = 0; i < 4; ++i) {
-            tunnel_conn* a = v[next() % n];
-            tunnel_conn* b = v[next() % n];
-            if (!allowed(a)) {
-                a = b;
-            }
-            if (allowed(a) && allowed(b)) {
-                return b->stream_count() < a->stream_count() ? b : a;
-            }
-            if (allowed(a)) {
-                return a;
-            }
-        }
-    }
-    // Least outstanding streams; the scan starts at a random place so ties (short streams that
-    // finish before the next arrives) spread instead of all landing on the first tunnel.
-    const std::size_t start = next() % n;
-    tunnel_conn* best = nullptr;
-    for (std::size_t i = 0; i < n; ++i) {
-        tunnel_conn* t = v[(start + i) % n];
-        if (allowed(t) && (best == nullptr || t->stream_count() < best->stream_count())) {
-            best = t;
-        }
-    }
-    return best;
+    return pick_least_loaded(std::span<tunnel_conn* const>(_by_group[group]), _rng,
+                             [exclude](const tunnel_conn* t) {
+                                 if (exclude != nullptr) {
+                                     for (const auto& id : *exclude) {
+                                         if (t->connector_id() == id) {
+                                             return false;
+                                         }
+                                     }
+                                 }
+                                 return true;
+                             });
 }
 
 void worker::tunnel_ready(tunnel_conn* t) {
