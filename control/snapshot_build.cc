@@ -124,7 +124,14 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
             }
             e.cert_path = *cert;
             e.key_path = *k;
-            uo.sni.push_back({a.hostname, {*cert, *k}, uint32_t(snap->apps.size())});
+            tls::sni_entry se{a.hostname, {*cert, *k}, uint32_t(snap->apps.size())};
+            // Only users of a user-cert app are asked for a certificate, naming only the CA of
+            // the app's tenant (others' names stay private; a passthrough app never prompts).
+            se.request_client_cert = e.user_cert_required;
+            if (e.user_cert_required) {
+                se.client_ca_names_pem_paths = {tenant_ca_paths[e.tenant]};
+            }
+            uo.sni.push_back(std::move(se));
         }
         snap->apps.push_back(std::move(e));
     }

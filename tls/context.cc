@@ -43,6 +43,8 @@ struct sni_cert {
     EVP_PKEY* key = nullptr;          // SSL_CTX_get0_privatekey
     STACK_OF(X509)* chain = nullptr;  // SSL_CTX_get0_chain_certs (may be null)
     uintptr_t tagged_index = 0;       // app_index + 1
+    bool request_client_cert = true;
+    STACK_OF(X509_NAME)* ca_names = nullptr; // owned; null = the listener's list
 };
 
 struct sni_table {
@@ -52,6 +54,7 @@ struct sni_table {
     ~sni_table() {
         for (auto& [name, entry] : by_name) {
             SSL_CTX_free(entry.ctx);
+            sk_X509_NAME_pop_free(entry.ca_names, X509_NAME_free);
         }
     }
 };
@@ -198,6 +201,17 @@ int on_servername(SSL* ssl, int* alert, void* arg) {
                                     reinterpret_cast<void*>(e.tagged_index)) != 1) {
                     *alert = SSL_AD_INTERNAL_ERROR;
                     return SSL_TLSEXT_ERR_ALERT_FATAL;
+                }
+                // The CertificateRequest is built after this callback, from the SSL's settings.
+                if (!e.request_client_cert) {
+                    SSL_set_verify(ssl, SSL_VERIFY_NONE, nullptr);
+                } else if (e.ca_names != nullptr) {
+                    STACK_OF(X509_NAME)* names = SSL_dup_CA_list(e.ca_names);
+                    if (names == nullptr) {
+                        *alert = SSL_AD_INTERNAL_ERROR;
+                        return SSL_TLSEXT_ERR_ALERT_FATAL;
+                    }
+                    SSL_set_client_CA_list(ssl, names); // takes ownership
                 }
                 return SSL_TLSEXT_ERR_OK;
             }
@@ -362,6 +376,25 @@ result<std::shared_ptr<server_context>> server_context::create(const server_opti
             return error(errc::tls_error, "cannot create SNI TLS context");
         }
         e.tagged_index = static_cast<uintptr_t>(entry.app_index) + 1;
+        e.request_client_cert = entry.request_client_cert;
+        if (entry.request_client_cert && !entry.client_ca_names_pem_paths.empty()) {
+            e.ca_names = sk_X509_NAME_new_null();
+            bool ok = e.ca_names != nullptr;
+            for (const auto& path : entry.client_ca_names_pem_paths) {
+                if (ok && SSL_add_file_cert_subjects_to_stack(e.ca_names, path.c_str()) != 1) {
+                    set_why(why, detail::describe("cannot read client CA names", path));
+                    ok = false;
+                }
+            }
+            if (!ok) {
+                if (e.ca_names == nullptr) {
+                    set_why(why, "out of memory building a client CA list");
+                }
+                sk_X509_NAME_pop_free(e.ca_names, X509_NAME_free);
+                SSL_CTX_free(ctx);
+                return error(errc::tls_error, "cannot create SNI TLS context");
+            }
+        }
         table->by_name.emplace(std::move(key), e);
     }
     SSL_CTX_set_tlsext_servername_callback(def, &on_servername);

@@ -26,6 +26,12 @@ struct sni_entry {
     std::string hostname;
     cert_source cert;
     uint32_t app_index = 0; // opaque to tls/: handed back by session::sni_index()
+    // Listener with client CAs: whether users of this name are asked for a certificate, and
+    // the CA files whose subjects that request names (empty: all of the listener's). A name
+    // nobody needs a certificate for is not asked: a browser would prompt its user to pick one,
+    // and the request would list every tenant's CA to anyone who connects.
+    bool request_client_cert = true;
+    std::vector<std::string> client_ca_names_pem_paths{};
 };
 
 struct server_options {

@@ -2,12 +2,15 @@
 """Scenario (f), multi-forest: apps whose access rule is user-cert with allowed user groups.
 A user certificate issued by the tenant CA with OU forest1-users opens forest-1's app and is
 refused forest-2's app; a user with no certificate, and a certificate from another tenant's CA
-carrying the right group, are refused too. Passthrough apps keep working for everyone.
+carrying the right group, are refused too. Passthrough apps keep working for everyone, and never
+ask for a certificate (seen by openssl s_client): a user-cert app's request names only its own
+tenant's CA, never another tenant's.
 
 World: tenant contoso, connector c1, echo backend; apps f1app (user-cert, forest1-users),
 f2app (user-cert, forest2-users), open (passthrough)."""
 import os
 import ssl
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +29,24 @@ def attempt(env, sni, cert=None, key=None):
     except (h.TestFailure, ssl.SSLError, OSError) as e:
         h.log(f"{sni}: refused ({e!r:.120})")
         return False
+
+
+def cert_request(env, sni):
+    """The CertificateRequest openssl s_client saw for sni: None if there was none, else the
+    CA names it listed."""
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{env.user_port}",
+                        "-servername", sni, "-CAfile", env.pki.path("users-ca.crt")],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    h.check("Verify return code: 0 (ok)" in r.stdout, f"s_client {sni}: handshake verified")
+    lines = r.stdout.splitlines()
+    if "Acceptable client certificate CA names" not in lines:
+        return None
+    names = []
+    for line in lines[lines.index("Acceptable client certificate CA names") + 1:]:
+        if line.startswith("Requested Signature") or line.startswith("---") or ":" in line:
+            break
+        names.append(line.strip())
+    return names
 
 
 def body(env):
@@ -67,6 +88,14 @@ def body(env):
     h.check(attempt(env, "open.contoso.test"), "passthrough app: works without a certificate")
     h.check(attempt(env, "open.contoso.test", alice + ".crt", alice + ".key"),
             "passthrough app: works with a certificate too")
+    h.check(cert_request(env, "open.contoso.test") is None,
+            "passthrough app: no certificate request (a browser would prompt its user)")
+    names = cert_request(env, "f1app.contoso.test")
+    h.log(f"f1app certificate request names: {names}")
+    h.check(names is not None and len(names) == 1 and "contoso" in names[0].lower(),
+            "user-cert app: the request names contoso's CA only")
+    h.check(not any("fabrikam" in n.lower() for n in names or []),
+            "user-cert app: another tenant's CA is never named")
     h.check('reason="not allowed"' in env.relay.log_text() or "reason=not" in env.relay.log_text(),
             "relay log names the refusal: not allowed")
 

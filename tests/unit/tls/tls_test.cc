@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <gtest/gtest.h>
+#include <openssl/ssl.h>
 #include <random>
 #include <string>
 #include <sys/stat.h>
@@ -321,6 +322,94 @@ TEST_F(tls_mtls, missing_client_cert_is_rejected) {
     std::unique_ptr<session> server;
     auto o = connect(cert_source{}, &server);
     EXPECT_EQ(o.server, errc::cert_rejected) << server->last_error();
+}
+
+// Names of the CAs in the CertificateRequest a client saw; no entry = no request at all.
+std::vector<std::vector<std::string>> g_requests;
+
+int record_request(SSL* ssl, X509**, EVP_PKEY**) {
+    std::vector<std::string> names;
+    const STACK_OF(X509_NAME)* list = SSL_get_client_CA_list(ssl);
+    for (int i = 0; i < sk_X509_NAME_num(list); ++i) {
+        char buf[256];
+        X509_NAME_oneline(sk_X509_NAME_value(list, i), buf, sizeof buf);
+        names.emplace_back(buf);
+    }
+    g_requests.push_back(std::move(names));
+    return 0; // no certificate
+}
+
+// A user listener with two CAs (two tenants): a certificate is asked for only on names that
+// need one, and the request names only the CAs given for that name.
+TEST(tls_session, client_certificate_is_requested_per_name) {
+    pki p;
+    server_options so;
+    so.client_ca_pem_paths = {p.path("relay-ca.crt"), p.path("other-ca.crt")};
+    so.client_cert_optional = true;
+    so.unknown_sni_fails = true;
+    so.sni.push_back({"open.example", p.server_leaf("open", "open.example"), 0, false});
+    so.sni.push_back({"sec.example", p.server_leaf("sec", "sec.example"), 1, true,
+                      {p.path("other-ca.crt")}});
+    so.sni.push_back({"all.example", p.server_leaf("all", "all.example"), 2});
+    auto server_ctx = make_server(so);
+    ASSERT_TRUE(server_ctx);
+    auto requests_for = [&](const std::string& name) {
+        client_options co;
+        co.ca_pem_path = p.path("relay-ca.crt");
+        co.server_name = name;
+        auto client_ctx = make_client(co);
+        SSL_CTX_set_client_cert_cb(static_cast<SSL_CTX*>(client_ctx->native()), &record_request);
+        auto client = client_ctx->new_session();
+        auto server = server_ctx->new_session();
+        g_requests.clear();
+        auto o = handshake(*client, *server);
+        EXPECT_EQ(o.client, errc::ok) << name << ": " << client->last_error();
+        EXPECT_EQ(o.server, errc::ok) << name << ": " << server->last_error();
+        EXPECT_TRUE(server->peer_fingerprint().empty());
+        return g_requests;
+    };
+    EXPECT_TRUE(requests_for("open.example").empty());
+    auto sec = requests_for("sec.example");
+    ASSERT_EQ(sec.size(), 1u);
+    EXPECT_EQ(sec[0], std::vector<std::string>{"/CN=other-ca"});
+    auto all = requests_for("all.example");
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0], (std::vector<std::string>{"/CN=relay-ca", "/CN=other-ca"}));
+}
+
+TEST(tls_session, a_certificate_asked_for_per_name_still_verifies) {
+    pki p;
+    server_options so;
+    so.client_ca_pem_paths = {p.path("relay-ca.crt"), p.path("other-ca.crt")};
+    so.client_cert_optional = true;
+    so.sni.push_back({"sec.example", p.server_leaf("sec", "sec.example"), 1, true,
+                      {p.path("other-ca.crt")}});
+    auto server_ctx = make_server(so);
+    ASSERT_TRUE(server_ctx);
+    client_options co;
+    co.ca_pem_path = p.path("relay-ca.crt");
+    co.server_name = "sec.example";
+    co.client_cert = p.client_leaf("alice", p.other_ca());
+    auto client_ctx = make_client(co);
+    auto client = client_ctx->new_session();
+    auto server = server_ctx->new_session();
+    auto o = handshake(*client, *server);
+    ASSERT_EQ(o.server, errc::ok) << server->last_error();
+    EXPECT_EQ(server->peer_common_name(), "alice");
+    EXPECT_FALSE(server->peer_root_fingerprint().empty());
+}
+
+TEST(tls_context, unreadable_ca_names_file_is_refused_with_its_path) {
+    pki p;
+    server_options so;
+    so.client_ca_pem_paths = {p.path("relay-ca.crt")};
+    so.client_cert_optional = true;
+    so.sni.push_back({"sec.example", p.server_leaf("sec", "sec.example"), 1, true,
+                      {p.path("missing-ca.crt")}});
+    std::string why;
+    auto r = server_context::create(so, &why);
+    EXPECT_FALSE(r.ok());
+    EXPECT_NE(why.find("missing-ca.crt"), std::string::npos) << why;
 }
 
 TEST(tls_session, garbage_and_plaintext_http_fail_with_tls_error) {
