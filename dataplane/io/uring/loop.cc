@@ -46,7 +46,9 @@ struct uring_loop::slot {
     bool abort = false;
     bool released_check = false;
     uint32_t flow_period = 0; // last coalescing period in which this socket received bytes
-    sockaddr_storage addr{};
+    // connect(): the address the SQE points at, until the connect completes. On the heap, not in
+    // the slot: _slots may grow (and move) before the SQE is submitted.
+    std::unique_ptr<sockaddr_storage> addr;
 };
 
 uring_loop::~uring_loop() {
@@ -214,10 +216,12 @@ result<conn_id> uring_loop::connect(const sockaddr* addr, socklen_t len, sink* o
         ::close(fd);
         return r.err();
     }
+    auto stored = std::make_unique<sockaddr_storage>();
+    std::memcpy(stored.get(), addr, len);
     slot& s = _slots[*r];
-    std::memcpy(&s.addr, addr, len);
+    s.addr = std::move(stored);
     auto* sqe = static_cast<io_uring_sqe*>(get_sqe());
-    io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(&s.addr), len);
+    io_uring_prep_connect(sqe, fd, reinterpret_cast<sockaddr*>(s.addr.get()), len);
     io_uring_sqe_set_data64(sqe, pack(uint8_t(op::connect), s.gen, *r));
     ++s.inflight;
     return conn_id{*r, s.gen};
@@ -488,6 +492,7 @@ void uring_loop::dispatch(uint64_t ud, int res, uint32_t flags) {
     case op::connect: {
         slot& s = _slots[index];
         --s.inflight;
+        s.addr.reset();
         if (active()) {
             if (res == 0) {
                 int one = 1;

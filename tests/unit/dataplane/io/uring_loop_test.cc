@@ -236,6 +236,46 @@ void make_flows_active(uring_loop& loop, pairs& p, int flows) {
 
 } // namespace
 
+// Many connects queued in one pass (a connector opening a burst of backend connections): the
+// slot table grows meanwhile, and every SQE must still point at a valid address.
+struct connect_tally : sink {
+    int ok = 0;
+    int failed = 0;
+    int last_error = 0;
+    std::vector<int> accepted;
+    void on_accept(conn_id, int fd) override { accepted.push_back(fd); }
+    void on_connect(conn_id, int res) override {
+        if (res == 0) {
+            ++ok;
+        } else {
+            ++failed;
+            last_error = res;
+        }
+    }
+};
+
+TEST(uring_loop, many_connects_queued_in_one_pass_all_connect) {
+    auto loop = make_loop();
+    uint16_t port = 0;
+    int lfd = listen_loopback(&port);
+    ASSERT_EQ(::listen(lfd, 4096), 0);
+    connect_tally t;
+    ASSERT_TRUE(loop->listen(lfd, &t).ok());
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    constexpr int k_conns = 1500; // the table grows past 1,024 slots with all of them queued
+    for (int i = 0; i < k_conns; ++i) {
+        ASSERT_TRUE(loop->connect(reinterpret_cast<sockaddr*>(&a), sizeof a, &t).ok());
+    }
+    run_until(*loop, [&] { return t.ok + t.failed == k_conns; }, 2000);
+    EXPECT_EQ(t.ok, k_conns) << t.failed << " failed, last: " << std::strerror(-t.last_error);
+    for (int fd : t.accepted) {
+        ::close(fd);
+    }
+}
+
 TEST(uring_loop, coalescing_waits_for_more_completions_while_many_flows_are_active) {
     auto loop = make_loop();
     loop->set_coalescing(8, 300'000'000); // 300 ms window, far longer than the writer's delay
