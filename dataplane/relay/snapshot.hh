@@ -60,8 +60,11 @@ struct relay_limits {
     uint32_t open_retries = 2; // an OPEN refused before any byte moved is retried this often
     // Completion coalescing (io::uring_loop::set_coalescing): a worker that woke for one event
     // waits up to this long for more before working, so one pass (one tunnel send) serves many
-    // streams. 0 = off. Read when a worker starts and on every snapshot.
-    uint32_t io_coalesce_us = 50;
+    // streams. 0 = off. Read when a worker starts and on every snapshot. Off by default: with the
+    // io_uring load generator, 50 us cost the relay more cpu per request than it saved
+    // (bench/README.md, "Completion coalescing": 6 of 6 paired rr_64 runs, 11.2 vs 13.9 us);
+    // it still cuts tunnel sends (less connector cpu) where that is the scarce side.
+    uint32_t io_coalesce_us = 0;
 };
 
 // Hash for maps keyed by std::string that are searched with a string_view (no allocation).

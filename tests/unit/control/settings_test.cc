@@ -71,7 +71,7 @@ ping_interval_ms = 200
 ping_timeout_ms = 900
 config_refresh_ms = 500
 open_retries = 3
-io_coalesce_us = 0
+io_coalesce_us = 40
 )",
                    &s),
               "");
@@ -82,7 +82,7 @@ io_coalesce_us = 0
     EXPECT_EQ(s.limits.ping_interval_ms, 200u);
     EXPECT_EQ(s.limits.config_refresh_ms, 500u);
     EXPECT_EQ(s.limits.open_retries, 3u);
-    EXPECT_EQ(s.limits.io_coalesce_us, 0u); // default 50, turned off here
+    EXPECT_EQ(s.limits.io_coalesce_us, 40u); // default 0 (off), turned on here
 }
 
 TEST_F(settings, mistakes_are_refused_with_the_key_named) {
