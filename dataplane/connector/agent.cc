@@ -175,6 +175,7 @@ public:
     std::vector<std::unique_ptr<tunnel_link>> links;
     std::vector<tunnel_link*> dirty;
     std::vector<backend_conn*> dead_backends;
+    std::vector<backend_conn*> reaping_backends; // closed before this run_once: freed after it
     std::vector<std::byte> scratch = std::vector<std::byte>(k_scratch);
     uint16_t worker_count = 0;
     // From the relay's CONFIG frames; no OPEN is accepted before the first one.
@@ -779,12 +780,15 @@ int agent::run(const std::atomic<bool>& stop) {
             t->service();
         }
         dirty.clear();
-        for (auto* b : dead_backends) {
-            delete b;
-        }
-        dead_backends.clear();
+        // A backend connection closed with a send in flight: the kernel may read that send's
+        // data until this run_once has submitted the cancel, so free it only after.
+        reaping_backends.swap(dead_backends);
         uint64_t wait = dirty.empty() ? k_max_wait_ns : 0;
         loop->run_once(wait);
+        for (auto* b : reaping_backends) {
+            delete b;
+        }
+        reaping_backends.clear();
         now = mono_ns();
         bool any_up = false;
         for (std::size_t i = 0; i < links.size(); ++i) {

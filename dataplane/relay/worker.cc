@@ -1013,12 +1013,16 @@ worker::worker(uint16_t index, uint16_t worker_count, config_cell* config)
 }
 
 worker::~worker() {
+    // The ring first: once it is closed the kernel cancels what is in flight without touching
+    // the connections' buffers any more.
+    _loop.reset();
     for (auto* t : _tunnels) {
         delete t;
     }
     for (auto* u : _users) {
         delete u;
     }
+    reap();
     for (auto* t : _dead_tunnels) {
         delete t;
     }
@@ -1244,14 +1248,14 @@ void worker::bury(user_conn* u) {
 }
 
 void worker::reap() {
-    for (auto* t : _dead_tunnels) {
+    for (auto* t : _reap_tunnels) {
         delete t;
     }
-    _dead_tunnels.clear();
-    for (auto* u : _dead_users) {
+    _reap_tunnels.clear();
+    for (auto* u : _reap_users) {
         delete u;
     }
-    _dead_users.clear();
+    _reap_users.clear();
 }
 
 void worker::begin_drain() {
@@ -1327,13 +1331,16 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
             }
         }
         service_dirty();
-        reap();
         uint64_t wait = 0;
         if (_dirty.empty()) {
             uint64_t next = _wheel->next_deadline_hint(_now);
             wait = next <= _now ? 0 : std::min(k_max_wait_ns, next - _now);
         }
+        // Connections closed before this run_once are freed after it (see _reap_users).
+        _reap_tunnels.swap(_dead_tunnels);
+        _reap_users.swap(_dead_users);
         _loop->run_once(wait);
+        reap();
         _counters.add(relay_counter::loop_iterations);
         _now = mono_ns();
         drain_handoffs();

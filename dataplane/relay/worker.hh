@@ -126,8 +126,14 @@ private:
     std::vector<tunnel_conn*> _dirty;
     std::vector<tunnel_conn*> _tunnels;      // every live tunnel (for shutdown)
     std::vector<user_conn*> _users;          // every live user connection
-    std::vector<tunnel_conn*> _dead_tunnels; // freed at the end of the iteration
+    // Closed connections. A send still in flight when its socket was closed keeps pointing at
+    // the connection's TLS output until the loop's next run_once has submitted the cancel (the
+    // kernel may even finish that send inside it). So a connection buried during a pass is
+    // moved to _reap_* right before run_once and freed right after it.
+    std::vector<tunnel_conn*> _dead_tunnels;
     std::vector<user_conn*> _dead_users;
+    std::vector<tunnel_conn*> _reap_tunnels;
+    std::vector<user_conn*> _reap_users;
     std::vector<std::byte> _scratch; // plaintext: decrypt target and frame assembly
     bool _draining = false;
     uint64_t _now = 0;
