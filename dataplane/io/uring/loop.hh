@@ -57,7 +57,9 @@ public:
     bool send(conn_id id, std::span<const std::byte> data);
     bool send_in_flight(conn_id id) const;
     // Close: no callbacks afterwards. abort = RST (SO_LINGER 0) so the peer sees a reset, not a
-    // clean end of stream.
+    // clean end of stream. A send still in flight is cancelled by the next run_once, and the
+    // kernel may read its data until that run_once returns: keep the data until then (the relay
+    // worker and the connector free closed connections right after their next run_once).
     void close(conn_id id, bool abort = false);
     // shutdown(SHUT_WR) now (synchronous, cheap).
     void shutdown_write(conn_id id);
