@@ -129,30 +129,40 @@ int accept_any(int, X509_STORE_CTX*) {
     return 1;
 }
 
+// The subjects of the CA certificates in these PEM files, for a CertificateRequest's
+// certificate_authorities (so a client holding several identities can pick the right one).
+// nullptr on failure, with why set.
+STACK_OF(X509_NAME)* read_ca_names(const std::vector<std::string>& paths, std::string* why) {
+    STACK_OF(X509_NAME)* names = sk_X509_NAME_new_null();
+    if (names == nullptr) {
+        set_why(why, "out of memory building a client CA list");
+        return nullptr;
+    }
+    for (const auto& path : paths) {
+        if (SSL_add_file_cert_subjects_to_stack(names, path.c_str()) != 1) {
+            set_why(why, detail::describe("cannot read client CA names", path));
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            return nullptr;
+        }
+    }
+    return names;
+}
+
 bool load_client_cas(SSL_CTX* ctx, const std::vector<std::string>& paths, bool optional,
                      std::string* why) {
     if (paths.empty()) {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
         return true;
     }
-    STACK_OF(X509_NAME)* names = sk_X509_NAME_new_null();
-    if (names == nullptr) {
-        set_why(why, "out of memory building the client CA list");
-        return false;
-    }
     for (const auto& path : paths) {
         if (SSL_CTX_load_verify_locations(ctx, path.c_str(), nullptr) != 1) {
             set_why(why, detail::describe("cannot load client CA", path));
-            sk_X509_NAME_pop_free(names, X509_NAME_free);
             return false;
         }
-        // Advertised in CertificateRequest (certificate_authorities) so a connector holding
-        // several identities can pick the right one.
-        if (SSL_add_file_cert_subjects_to_stack(names, path.c_str()) != 1) {
-            set_why(why, detail::describe("cannot read client CA names", path));
-            sk_X509_NAME_pop_free(names, X509_NAME_free);
-            return false;
-        }
+    }
+    STACK_OF(X509_NAME)* names = read_ca_names(paths, why);
+    if (names == nullptr) {
+        return false;
     }
     SSL_CTX_set_client_CA_list(ctx, names); // takes ownership
     if (optional) {
@@ -378,19 +388,8 @@ result<std::shared_ptr<server_context>> server_context::create(const server_opti
         e.tagged_index = static_cast<uintptr_t>(entry.app_index) + 1;
         e.request_client_cert = entry.request_client_cert;
         if (entry.request_client_cert && !entry.client_ca_names_pem_paths.empty()) {
-            e.ca_names = sk_X509_NAME_new_null();
-            bool ok = e.ca_names != nullptr;
-            for (const auto& path : entry.client_ca_names_pem_paths) {
-                if (ok && SSL_add_file_cert_subjects_to_stack(e.ca_names, path.c_str()) != 1) {
-                    set_why(why, detail::describe("cannot read client CA names", path));
-                    ok = false;
-                }
-            }
-            if (!ok) {
-                if (e.ca_names == nullptr) {
-                    set_why(why, "out of memory building a client CA list");
-                }
-                sk_X509_NAME_pop_free(e.ca_names, X509_NAME_free);
+            e.ca_names = read_ca_names(entry.client_ca_names_pem_paths, why);
+            if (e.ca_names == nullptr) {
                 SSL_CTX_free(ctx);
                 return error(errc::tls_error, "cannot create SNI TLS context");
             }

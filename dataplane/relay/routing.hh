@@ -31,8 +31,7 @@ inline const app_route* find_app(const snapshot& s, std::string_view sni) noexce
     }
     std::array<char, k_max_hostname> buf;
     for (std::size_t i = 0; i < sni.size(); ++i) {
-        char c = sni[i];
-        buf[i] = (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c;
+        buf[i] = ascii_lower(sni[i]);
     }
     auto it = s.app_by_hostname.find(std::string_view(buf.data(), sni.size()));
     return it == s.app_by_hostname.end() ? nullptr : &*it;

@@ -30,9 +30,7 @@ int compare_versions(std::string_view a, std::string_view b) noexcept {
 std::string lowercase_hostname(std::string_view host) {
     std::string out(host);
     for (char& c : out) {
-        if (c >= 'A' && c <= 'Z') {
-            c = char(c - 'A' + 'a');
-        }
+        c = ascii_lower(c);
     }
     return out;
 }

@@ -95,6 +95,9 @@ struct snapshot {
 void finalize(snapshot& s);
 
 // ASCII lowercase: the key of app_by_hostname (SNI matching is case-insensitive, RFC 6066 s3).
+constexpr char ascii_lower(char c) noexcept {
+    return (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c;
+}
 std::string lowercase_hostname(std::string_view host);
 
 // -1, 0, 1 comparing dotted numeric versions ("0.10.2" > "0.9"); a non-numeric part compares as 0.
