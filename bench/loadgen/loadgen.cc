@@ -3,7 +3,12 @@
 //
 //   --connect 127.0.0.1:PORT --sni web.contoso.test --ca ca.crt --streams N --concurrency C
 //   --bytes B [--mode echo|rr|idle|probe] [--duration SECONDS] [--threads T] [--half-close]
-//   [--timeout SECONDS] [--rate STREAMS_PER_S] [--request-rate REQUESTS_PER_S] [--json]
+//   [--timeout SECONDS] [--rate STREAMS_PER_S] [--request-rate REQUESTS_PER_S]
+//   [--abort-after BYTES] [--json]
+//
+// --abort-after (echo only) is a user who gives up mid-response: once BYTES of the echo are in
+// (verified), the stream is closed with a TCP reset (SO_LINGER 0, no close_notify) while the
+// rest of the echo is still coming. Such a stream counts as ok ("aborted" in the JSON).
 //
 // --rate paces new streams (all threads together); without it streams start as fast as the
 // concurrency allows.
@@ -124,6 +129,7 @@ struct options {
     double duration_s = 10; // rr: measured window; idle: longest hold
     double rate = 0;        // new streams per second over all threads; 0 = as fast as possible
     double request_rate = 0; // rr: requests per second over all streams; 0 = closed loop
+    uint64_t abort_after = 0; // echo: RST once this many echo bytes are in; 0 = never
 };
 
 enum class state { connecting, handshaking, transferring, holding, done, failed };
@@ -144,6 +150,7 @@ struct stream {
     bool close_notify_sent = false;
     bool peer_closed = false; // close_notify or TCP EOF
     bool settled = false;     // counted in run_shared::settled
+    bool aborted = false;     // --abort-after: ends with RST, counted ok
     clock_type::time_point start;
     clock_type::time_point end;       // when it became done (echo: the stream's latency)
     clock_type::time_point req_start; // --request-rate: when the request was due
@@ -157,6 +164,7 @@ struct thread_result {
     uint64_t bytes_sent = 0;
     uint64_t bytes_received = 0;
     uint64_t requests = 0;
+    uint64_t aborted = 0;
     latency_histogram latency_ns;      // echo: whole streams; rr and idle: round trips
     std::vector<std::string> failures; // first few reasons
 };
@@ -361,7 +369,7 @@ private:
         } else if (s.st != state::failed) {
             drive(s);
         }
-        if (s.st == state::failed ||
+        if (s.st == state::failed || s.aborted ||
             (s.st == state::done && s.in_flight == 0 && s.tls->pending_output_size() == 0)) {
             finish(s);
         }
@@ -496,6 +504,7 @@ private:
         _res.requests += s.requests;
         if (s.st == state::done) {
             ++_res.ok;
+            _res.aborted += s.aborted ? 1 : 0;
             if (_o.mode == run_mode::echo) {
                 _res.latency_ns.record(uint64_t(
                     std::chrono::duration_cast<std::chrono::nanoseconds>(s.end - s.start).count()));
@@ -515,7 +524,7 @@ private:
         }
         // Abortive close for a failed stream (RST): it must not look like a clean end to the
         // relay.
-        _loop->close(s.conn, s.st == state::failed);
+        _loop->close(s.conn, s.st == state::failed || s.aborted);
         _active.erase(s.conn.index);
     }
 
@@ -664,6 +673,11 @@ private:
             }
             if (s.st == state::transferring) {
                 if (!read_plain(s)) {
+                    return;
+                }
+                if (_o.abort_after > 0 && s.received >= _o.abort_after) {
+                    s.aborted = true;
+                    set_done(s);
                     return;
                 }
                 write_plain(s);
@@ -930,6 +944,8 @@ int main(int argc, char** argv) {
             o.concurrency = n;
         } else if (a == "--bytes" && (v = next()) && parse_u64(v, n)) {
             o.bytes = n;
+        } else if (a == "--abort-after" && (v = next()) && parse_u64(v, n) && n > 0) {
+            o.abort_after = n;
         } else if (a == "--request-rate" && (v = next())) {
             if (!parse_positive(v, o.request_rate) || o.request_rate > 1e7) {
                 return usage("bad value for --request-rate");
@@ -950,6 +966,9 @@ int main(int argc, char** argv) {
     }
     if (o.connect.empty() || o.sni.empty()) {
         return usage("--connect and --sni are required");
+    }
+    if (o.abort_after > 0 && (o.mode != run_mode::echo || o.abort_after >= o.bytes)) {
+        return usage("--abort-after applies to --mode echo, below --bytes");
     }
     if (o.request_rate > 0 && o.mode != run_mode::rr) {
         return usage("--request-rate applies to --mode rr only");
@@ -1012,6 +1031,7 @@ int main(int argc, char** argv) {
     thread_result total;
     for (auto& r : results) {
         total.ok += r.ok;
+        total.aborted += r.aborted;
         total.failed += r.failed;
         total.bytes_sent += r.bytes_sent;
         total.bytes_received += r.bytes_received;
@@ -1043,6 +1063,10 @@ int main(int argc, char** argv) {
                 (unsigned long long)o.concurrency, threads, o.half_close ? "  half-close" : "");
     std::printf("  %-24s %llu\n", "streams ok", (unsigned long long)total.ok);
     std::printf("  %-24s %llu\n", "streams failed", (unsigned long long)total.failed);
+    if (o.abort_after > 0) {
+        std::printf("  %-24s %llu (RST after %llu bytes)\n", "streams aborted",
+                    (unsigned long long)total.aborted, (unsigned long long)o.abort_after);
+    }
     std::printf("  %-24s %llu (sent %llu, received %llu)\n", "bytes moved",
                 (unsigned long long)(total.bytes_sent + total.bytes_received),
                 (unsigned long long)total.bytes_sent, (unsigned long long)total.bytes_received);
@@ -1064,14 +1088,15 @@ int main(int argc, char** argv) {
                     "\"streams_per_s\":%.2f,\"requests\":%llu,\"window_s\":%.3f,"
                     "\"requests_per_s\":%.2f,\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
                     "\"max_us\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"concurrency\":%llu,"
-                    "\"threads\":%u,\"request_rate\":%.1f}\n",
+                    "\"threads\":%u,\"request_rate\":%.1f,\"aborted\":%llu}\n",
                     mode_name(o.mode), (unsigned long long)o.streams, (unsigned long long)total.ok,
                     (unsigned long long)total.failed, (unsigned long long)o.bytes,
                     (unsigned long long)total.bytes_sent, (unsigned long long)total.bytes_received,
                     secs, mbps, gbps, sps, (unsigned long long)total.requests,
                     o.mode == run_mode::rr ? o.duration_s : secs, rps, p50, p99, p999,
                     double(total.latency_ns.max()) / 1e3, p50 / 1e3, p99 / 1e3,
-                    (unsigned long long)o.concurrency, threads, o.request_rate);
+                    (unsigned long long)o.concurrency, threads, o.request_rate,
+                    (unsigned long long)total.aborted);
     }
     std::fflush(stdout);
     return total.failed == 0 && total.ok == o.streams ? 0 : 1;

@@ -19,6 +19,10 @@ namespace apprelay::relay {
       "OPENs retried on another connector (failed before any byte reached the user)")              \
     X(streams_closed, "streams finished cleanly in both directions")                               \
     X(streams_reset, "streams ended by a reset (either side, tunnel loss)")                        \
+    X(streams_user_aborted,                                                                        \
+      "streams the user cut mid-exchange (TCP reset, send failure): RST to the connector")       \
+    X(streams_user_closed_after_response,                                                          \
+      "users that reset after the backend's last byte and FIN: ended with FIN, not RST")         \
     X(bytes_user_to_backend, "plaintext bytes from users into tunnels")                            \
     X(bytes_backend_to_user, "plaintext bytes from tunnels to users")                              \
     X(tunnels_accepted, "tunnel TCP connections accepted")                                         \

@@ -67,6 +67,11 @@ public:
     void tunnel_fin();
     void stream_closed();
     void abort(relay_counter why);
+    // The user's connection broke (TCP reset, send failure, TLS error): the stream ends with
+    // RST, unless the backend had already finished (its FIN came and every byte was handed to
+    // the user's session): then the user reset a finished exchange, the way clients close with
+    // our close_notify unread, and the backend gets FIN.
+    void user_gone();
     std::size_t pull(std::span<std::byte> dst);
 
     bool handshaking() const { return _state == state::handshaking; }
@@ -134,6 +139,12 @@ public:
 
     result<uint32_t> open_stream(user_conn* u, const app_entry& app);
     void forget_stream(uint32_t sid, bool reset);
+    // The user is gone but lost nothing: FIN (not RST) ends the stream towards the backend.
+    void forget_stream_with_fin(uint32_t sid) {
+        if (_streams.erase(sid) != 0) {
+            finish_stream(sid);
+        }
+    }
     void finish_stream(uint32_t sid) {
         _pending.fin.push_back(sid);
         _w->mark_dirty(this);
@@ -452,11 +463,7 @@ void user_conn::on_recv_end(io::conn_id, int res) {
         queue_fin();
         return;
     }
-    if (_t != nullptr) {
-        _t->forget_stream(_sid, true);
-        _t = nullptr;
-    }
-    close_now(true);
+    user_gone();
 }
 
 void user_conn::tunnel_data(std::span<const std::byte> bytes) {
@@ -502,6 +509,20 @@ void user_conn::stream_closed() {
     maybe_finish_close();
 }
 
+void user_conn::user_gone() {
+    if (_t != nullptr) {
+        if (_fin_from_tunnel) {
+            _w->_counters.add(relay_counter::streams_user_closed_after_response);
+            _t->forget_stream_with_fin(_sid);
+        } else {
+            _w->_counters.add(relay_counter::streams_user_aborted);
+            _t->forget_stream(_sid, true);
+        }
+        _t = nullptr;
+    }
+    close_now(true);
+}
+
 void user_conn::abort(relay_counter why) {
     _w->_counters.add(why);
     _t = nullptr;
@@ -514,11 +535,7 @@ void user_conn::on_sent(io::conn_id, int res) {
     }
     _w->_counters.add(relay_counter::user_sends);
     if (!_tx.on_sent(res)) {
-        if (_t != nullptr) {
-            _t->forget_stream(_sid, true);
-            _t = nullptr;
-        }
-        close_now(true);
+        user_gone();
         return;
     }
     maybe_return_credit();
