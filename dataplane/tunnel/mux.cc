@@ -320,9 +320,8 @@ struct mux::impl {
         return true;
     }
 
-    // Resets and late frames from the peer: a tunnel carries many users, and what they do
-    // (close, abort) reaches the peer as RSTs and frames racing them, so these never fail the
-    // tunnel. They saturate at 0; an empty bucket refuses new streams (M20) until it refills.
+    // Resets from the peer: a tunnel carries many users, and what they do (close, abort)
+    // reaches the peer as RSTs, so these never fail the tunnel. They saturate at 0; an empty bucket refuses new streams (M20) until it refills.
     void charge_saturating() noexcept {
         _tokens = _tokens >= k_nanos_per_token ? _tokens - k_nanos_per_token : 0;
     }

@@ -22,8 +22,8 @@ struct mux_limits {
     uint32_t max_frame = k_default_max_frame;
     uint32_t initial_window = 256 * 1024; // per stream, both directions
     uint32_t max_streams = 4096;
-    // Token bucket per tunnel: resets sent and received (+ frames on closed streams); opens
-    // are bounded by max_streams instead.
+    // Token bucket per tunnel: RSTs received (never fails the tunnel; empty = new streams
+    // refused, SPEC M20); opens are bounded by max_streams instead.
     uint32_t open_reset_rate = 200;
     uint32_t open_reset_burst = 400;
     uint32_t max_control_queue = 1000;  // queued outbound control frames (PONG, WINDOW, RST...)
@@ -141,7 +141,7 @@ public:
     // that stream (on_reset + RST queued) and return ok.
     result<void> receive(std::span<const std::byte> bytes, uint64_t now_ns);
 
-    // Relay: open a stream (OPEN queued). errc::stream_limit at max_streams, errc::rate_limited
+    // Relay: open a stream (OPEN queued). errc::stream_limit at max_streams, errc::overloaded
     // when the open/reset budget is spent, errc::shutting_down after GOAWAY either way.
     result<uint32_t> open(std::string_view app, std::string_view target, uint64_t now_ns);
     // Connector: answer an OPEN. open_fail removes the stream.
