@@ -174,7 +174,8 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
     if (!known_keys(*l, "limits",
                     {"max_frame", "initial_window", "max_streams_per_tunnel", "ping_interval_ms",
                      "ping_timeout_ms", "handshake_timeout_ms", "drain_deadline_ms",
-                     "config_refresh_ms", "open_retries", "io_coalesce_us"},
+                     "config_refresh_ms", "open_retries", "io_coalesce_us", "source_open_rate",
+                     "source_open_burst", "source_abort_rate", "source_abort_burst"},
                     why) ||
         !get_u32(*l, "limits", "max_frame", &lim.max_frame, 1024, 1u << 20, why) ||
         !get_u32(*l, "limits", "initial_window", &lim.initial_window, 1024, 0x7fffffff, why) ||
@@ -187,7 +188,12 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
         !get_u32(*l, "limits", "drain_deadline_ms", &lim.drain_deadline_ms, 0, 3'600'000, why) ||
         !get_u32(*l, "limits", "config_refresh_ms", &lim.config_refresh_ms, 100, 86'400'000, why) ||
         !get_u32(*l, "limits", "open_retries", &lim.open_retries, 0, 8, why) ||
-        !get_u32(*l, "limits", "io_coalesce_us", &lim.io_coalesce_us, 0, 1000, why)) {
+        !get_u32(*l, "limits", "io_coalesce_us", &lim.io_coalesce_us, 0, 1000, why) ||
+        !get_u32(*l, "limits", "source_open_rate", &lim.source_open_rate, 0, 10'000'000, why) ||
+        !get_u32(*l, "limits", "source_open_burst", &lim.source_open_burst, 1, 10'000'000, why) ||
+        !get_u32(*l, "limits", "source_abort_rate", &lim.source_abort_rate, 0, 10'000'000, why) ||
+        !get_u32(*l, "limits", "source_abort_burst", &lim.source_abort_burst, 1, 10'000'000,
+                 why)) {
         return false;
     }
     if (lim.ping_timeout_ms <= lim.ping_interval_ms) {

@@ -6,6 +6,12 @@ namespace apprelay::relay {
 // Per-worker relay counters; the control thread sums them for the stats file and /metrics.
 #define APPRELAY_RELAY_COUNTERS(X)                                                                 \
     X(user_conns_accepted, "user TCP connections accepted")                                        \
+    X(user_conns_throttled,                                                                        \
+      "user connections closed at accept: their source spent its open or abort budget")           \
+    X(user_conns_throttled_aborts, "... of them because the source's abort budget was spent")     \
+    X(user_aborts_charged, "user aborts charged to their source (resets, failed handshakes)")     \
+    X(sources_tracked, "gauge: source addresses with budget state on this worker")                \
+    X(sources_untracked, "new sources admitted untracked: the source table was full")              \
     X(user_tls_failed, "user TLS handshakes that failed (garbage, plaintext, bad hello)")          \
     X(user_unknown_sni, "user handshakes refused: no application for the SNI")                     \
     X(user_handshake_timeouts, "user connections closed: TLS handshake not done in time")          \

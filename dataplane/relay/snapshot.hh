@@ -58,6 +58,14 @@ struct relay_limits {
     uint32_t drain_deadline_ms = 30'000;
     uint32_t config_refresh_ms = 120'000; // CONFIG re-sent to every tunnel this often
     uint32_t open_retries = 2; // an OPEN refused before any byte moved is retried this often
+    // Budgets per user source address (IPv4 /32, IPv6 /64), for the whole relay (each worker
+    // enforces its share). Generous: many users share one address behind a NAT. Opens are user
+    // connections accepted; aborts are resets mid-exchange and failed or abandoned handshakes.
+    // A source past either budget has new connections closed at accept until it refills. 0 = off.
+    uint32_t source_open_rate = 20'000;
+    uint32_t source_open_burst = 40'000;
+    uint32_t source_abort_rate = 2'000;
+    uint32_t source_abort_burst = 4'000;
     // Completion coalescing (io::uring_loop::set_coalescing): a worker that woke for one event
     // waits up to this long for more before working, so one pass (one tunnel send) serves many
     // streams. 0 = off. Read when a worker starts and on every snapshot. Off by default: with the

@@ -46,8 +46,8 @@ void set_nodelay(int fd) {
 // close) ; any error -> aborted (RST).
 class user_conn final : public io::sink {
 public:
-    user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s)
-        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool) {
+    user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s, const source_key& src)
+        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool), _src(src) {
         // Slowloris bound: the TLS handshake must finish in time.
         _w->_wheel->schedule(_timer, _w->ms_from_now(_w->snap().limits.handshake_timeout_ms));
     }
@@ -85,10 +85,16 @@ private:
     void maybe_finish_close();
     void queue_fin();
     void close_now(bool abort);
+    // This user aborted (reset mid-exchange, failed or abandoned handshake): its source pays.
+    void charge_abort() {
+        _w->_counters.add(relay_counter::user_aborts_charged);
+        _w->_sources.charge_abort(_src, _w->_now);
+    }
 
     static void on_timer(core::timer*, void* ctx) {
         auto* u = static_cast<user_conn*>(ctx);
         if (u->_state == state::handshaking) {
+            u->charge_abort();
             u->abort(relay_counter::user_handshake_timeouts);
         }
     }
@@ -96,6 +102,7 @@ private:
     worker* _w;
     io::tls_transport _tx;
     core::timer _timer{&user_conn::on_timer, this};
+    source_key _src;
     state _state = state::handshaking;
     tunnel_conn* _t = nullptr;
     uint32_t _sid = 0;
@@ -324,6 +331,7 @@ void user_conn::handshake() {
             _w->_counters.add(relay_counter::user_tls_failed);
             log::info("user_tls_failed",
                       {{"worker", _w->_index}, {"reason", _tx.tls().last_error()}});
+            charge_abort();
         }
         // Let the alert go out, then close.
         _state = state::closing;
@@ -359,6 +367,18 @@ void user_conn::start_stream() {
         return;
     }
     tunnel_conn* t = _w->pick_tunnel(app.group, nullptr);
+    auto sid = t != nullptr ? t->open_stream(this, app) : result<uint32_t>(0u);
+    // A tunnel whose open/reset budget is spent (M20) or that is full refuses new streams
+    // only: another tunnel of the group takes this one.
+    for (std::vector<std::string> full; t != nullptr && !sid;) {
+        full.emplace_back(t->connector_id());
+        tunnel_conn* next = _w->pick_tunnel(app.group, &full);
+        if (next == nullptr) {
+            break;
+        }
+        t = next;
+        sid = t->open_stream(this, app);
+    }
     if (t == nullptr) {
         _w->_counters.add(relay_counter::streams_failed_no_connector);
         log::info("stream_refused", {{"worker", _w->_index},
@@ -368,7 +388,6 @@ void user_conn::start_stream() {
         close_now(true);
         return;
     }
-    auto sid = t->open_stream(this, app);
     if (!sid) {
         _w->_counters.add(relay_counter::streams_failed_limit);
         log::info("stream_refused",
@@ -450,6 +469,7 @@ void user_conn::on_recv_end(io::conn_id, int res) {
     }
     if (_state == state::handshaking) {
         _w->_counters.add(relay_counter::user_tls_failed);
+        charge_abort();
         close_now(true);
         return;
     }
@@ -517,6 +537,7 @@ void user_conn::user_gone() {
         } else {
             _w->_counters.add(relay_counter::streams_user_aborted);
             _t->forget_stream(_sid, true);
+            charge_abort();
         }
         _t = nullptr;
     }
@@ -1086,6 +1107,7 @@ void worker::apply_config() {
     _counters.add(relay_counter::config_updates);
     _loop->set_coalescing(io::uring_loop::k_coalesce_events,
                           uint64_t(snap().limits.io_coalesce_us) * 1000);
+    apply_source_limits();
     auto tunnels = _tunnels;
     for (auto* t : tunnels) {
         t->reconfigure();
@@ -1109,19 +1131,68 @@ void worker::on_user_accept(int fd) {
         ::close(fd);
         return;
     }
-    set_nodelay(fd);
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof peer;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
+        ::close(fd); // already reset by the peer
+        return;
+    }
+    source_key src = source_key_of(peer);
     _counters.add(relay_counter::user_conns_accepted);
+    if (auto v = _sources.admit(src, _now); v != source_budget::verdict::admit) {
+        throttled(src, v);
+        linger lg{1, 0}; // RST: no TLS work, no TIME_WAIT kept for a source that floods
+        ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        ::close(fd);
+        return;
+    }
+    set_nodelay(fd);
     auto id = _loop->adopt(fd, nullptr);
     if (!id) {
         ::close(fd);
         return;
     }
-    auto* u = new user_conn(this, *id, _cfg->user_tls->new_session());
+    auto* u = new user_conn(this, *id, _cfg->user_tls->new_session(), src);
     u->pos = _users.size();
     _users.push_back(u);
     _counters.set(relay_counter::user_conns_open, _users.size());
     _loop->set_owner(*id, u);
     _loop->start_recv(*id);
+}
+
+void worker::apply_source_limits() {
+    const auto& l = snap().limits;
+    const uint32_t n = std::max<uint32_t>(_worker_count, 1);
+    auto share = [n](uint32_t v, bool burst) {
+        return v == 0 ? (burst ? 1u : 0u) : std::max<uint32_t>(v / n, 1);
+    };
+    source_limits s = _sources.limits();
+    s.open_rate = share(l.source_open_rate, false);
+    s.open_burst = share(l.source_open_burst, true);
+    s.abort_rate = share(l.source_abort_rate, false);
+    s.abort_burst = share(l.source_abort_burst, true);
+    _sources.set_limits(s);
+}
+
+void worker::throttled(const source_key& k, source_budget::verdict v) {
+    _counters.add(relay_counter::user_conns_throttled);
+    bool aborts = v == source_budget::verdict::aborts_exhausted;
+    if (aborts) {
+        _counters.add(relay_counter::user_conns_throttled_aborts);
+    }
+    ++_throttled_unlogged;
+    if (_throttle_logged_ns != 0 && _now - _throttle_logged_ns < 1'000'000'000ull) {
+        return;
+    }
+    const auto& l = snap().limits;
+    log::info("source_throttled",
+              {{"worker", _index},
+               {"source", source_key_text(k)},
+               {"budget", aborts ? "aborts" : "opens"},
+               {"rate", aborts ? l.source_abort_rate : l.source_open_rate},
+               {"refused_since_last_line", _throttled_unlogged}});
+    _throttle_logged_ns = _now;
+    _throttled_unlogged = 0;
 }
 
 void worker::on_tunnel_accept(int fd) {
@@ -1329,6 +1400,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
 
     _loop->set_coalescing(io::uring_loop::k_coalesce_events,
                           uint64_t(snap().limits.io_coalesce_us) * 1000);
+    apply_source_limits();
     uint64_t drain_deadline = 0;
     for (;;) {
         _now = mono_ns();
@@ -1362,6 +1434,12 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         _now = mono_ns();
         drain_handoffs();
         _wheel->advance(_now);
+        if (_now - _sources_swept_ns >= 1'000'000'000ull) {
+            _sources_swept_ns = _now;
+            _sources.sweep(_now);
+            _counters.set(relay_counter::sources_tracked, _sources.tracked());
+            _counters.set(relay_counter::sources_untracked, _sources.table_full());
+        }
     }
     reap();
     return true;

@@ -11,6 +11,7 @@
 #include "dataplane/io/tls_transport.hh"
 #include "dataplane/io/uring/loop.hh"
 #include "dataplane/relay/counters.hh"
+#include "dataplane/relay/source_budget.hh"
 #include "dataplane/relay/snapshot.hh"
 #include "tls/context.hh"
 
@@ -80,6 +81,9 @@ private:
     class listener_sink;
 
     void on_user_accept(int fd);
+    // [limits] source_*: this worker's share (configured / workers), from the snapshot.
+    void apply_source_limits();
+    void throttled(const source_key& k, source_budget::verdict v);
     void on_tunnel_accept(int fd);
     void drain_handoffs();
     void service_dirty();
@@ -136,6 +140,11 @@ private:
     std::vector<user_conn*> _reap_users;
     std::vector<std::byte> _scratch; // plaintext: decrypt target and frame assembly
     bool _draining = false;
+    // Opens and aborts charged to each user's source address (source_budget.hh).
+    source_budget _sources;
+    uint64_t _sources_swept_ns = 0;
+    uint64_t _throttle_logged_ns = 0; // source_throttled is logged at most once a second
+    uint64_t _throttled_unlogged = 0; // refusals since that line
     uint64_t _now = 0;
     uint64_t _rng = 0x9e3779b97f4a7c15ull; // xorshift state for tunnel choice, seeded per worker
 };

@@ -23,9 +23,11 @@ struct mux_limits {
     uint32_t initial_window = 256 * 1024; // per stream, both directions
     uint32_t max_streams = 4096;
     // Token bucket per tunnel: RSTs received (never fails the tunnel; empty = new streams
-    // refused, SPEC M20); opens are bounded by max_streams instead.
-    uint32_t open_reset_rate = 200;
-    uint32_t open_reset_burst = 400;
+    // refused, SPEC M20); opens are bounded by max_streams instead. A backstop only: a tunnel
+    // carries many users, whose opens and aborts the relay charges to their source address
+    // ([limits] source_*), so this is sized for the sum of many users' aborts.
+    uint32_t open_reset_rate = 10'000;
+    uint32_t open_reset_burst = 20'000;
     uint32_t max_control_queue = 1000;  // queued outbound control frames (PONG, WINDOW, RST...)
     uint32_t max_consecutive_empty = 1; // empty DATA frames in a row
     uint32_t max_window_per_data = 10;  // WINDOW frames received per DATA frame sent (+ slack)

@@ -49,9 +49,11 @@ def body(env):
     # The stats file is written periodically: wait until every stream wrk opened is accounted.
     ends = ("streams_closed", "streams_user_closed_after_response", "streams_user_aborted",
             "streams_reset", "streams_failed_no_connector")
-    h.wait_until(lambda: env.counter("streams_opened") > 0 and sum(
-        env.counter(n) for n in ends) >= env.counter("streams_opened"), 10,
-        "every stream of the wrk run ended in the stats")
+    def all_ended():
+        c = env.counters()  # one read: the file is rewritten while wrk's last streams end
+        opened = int(c.get("streams_opened", 0))
+        return opened >= w["requests"] and sum(int(c.get(n, 0)) for n in ends) >= opened
+    h.wait_until(all_ended, 10, "every stream of the wrk run ended in the stats")
     c = env.counters()
     downs = g.events(conn.log_text()[mark:], "tunnel_down")
     h.check(not downs, f"connector logged no tunnel_down ({len(downs)}: {downs[:2]})")

@@ -19,7 +19,7 @@
 //     receive + open_ack + FIN, relay receive (OPEN_ACK, FIN) + FIN back, until both muxes have
 //     forgotten the stream. The worker's group -> tunnel pick (worker::pick_tunnel) is private to
 //     dataplane/relay and not measured here. The mux clock advances 10 ms per iteration so the
-//     open/reset token bucket (200/s) never throttles the loop.
+//     open/reset token bucket never throttles the loop.
 // Run with --benchmark_repetitions=10 --benchmark_report_aggregates_only=true for medians.
 #include "dataplane/relay/snapshot.hh"
 #include "dataplane/tunnel/frame.hh"

@@ -12,6 +12,15 @@
 namespace apprelay::tunnel {
 namespace {
 
+// These tests count the open/reset budget at 200/s, burst 400 (the defaults are far larger:
+// a tunnel is only the backstop, users are charged at the relay's edge).
+mux_limits small_budget() {
+    mux_limits l;
+    l.open_reset_rate = 200;
+    l.open_reset_burst = 400;
+    return l;
+}
+
 constexpr uint64_t k_now = 1'000'000'000;
 
 // Records callbacks and serves pull() from per-stream byte strings.
@@ -87,7 +96,7 @@ struct pair_fixture {
     std::unique_ptr<mux> relay, conn;
     std::vector<std::byte> buf = std::vector<std::byte>(64 * 1024);
 
-    explicit pair_fixture(mux_limits r = {}, mux_limits c = {}) : rl(r), cl(c) {
+    explicit pair_fixture(mux_limits r = small_budget(), mux_limits c = small_budget()) : rl(r), cl(c) {
         relay = std::make_unique<mux>(role::relay, rl, rh);
         conn = std::make_unique<mux>(role::connector, cl, ch);
         rh.m = relay.get();
@@ -181,7 +190,7 @@ TEST(stream_mux, slow_reader_does_not_block_other_streams) {
     p.rh.send(b, pattern(b, 8 << 20), true);
     p.pump();
     // A's reader never returns credit: exactly the initial window arrives, then A waits.
-    EXPECT_EQ(p.ch.in[a].size(), mux_limits{}.initial_window);
+    EXPECT_EQ(p.ch.in[a].size(), small_budget().initial_window);
     EXPECT_EQ(p.relay->send_window(a), 0u);
     EXPECT_EQ(p.ch.in[b].size(), std::size_t(8 << 20));
     EXPECT_EQ(p.ch.in[b], p.rh.out[b]);
@@ -210,10 +219,10 @@ TEST(stream_mux, fairness_two_streams_get_equal_bytes_in_one_produce) {
 
 // Connector mux fed by a hand-written relay.
 struct conn_fixture {
-    mux_limits l;
+    mux_limits l = small_budget();
     test_handler h;
     std::unique_ptr<mux> m;
-    explicit conn_fixture(mux_limits lim = {}) : l(lim) {
+    explicit conn_fixture(mux_limits lim = small_budget()) : l(lim) {
         m = std::make_unique<mux>(role::connector, l, h);
         h.m = m.get();
     }
@@ -221,10 +230,10 @@ struct conn_fixture {
 };
 
 struct relay_fixture {
-    mux_limits l;
+    mux_limits l = small_budget();
     test_handler h;
     std::unique_ptr<mux> m;
-    explicit relay_fixture(mux_limits lim = {}) : l(lim) {
+    explicit relay_fixture(mux_limits lim = small_budget()) : l(lim) {
         m = std::make_unique<mux>(role::relay, l, h);
         h.m = m.get();
     }
@@ -232,7 +241,7 @@ struct relay_fixture {
 };
 
 TEST(stream_mux, data_beyond_credit_resets_stream_with_flow_control) {
-    mux_limits l;
+    mux_limits l = small_budget();
     l.initial_window = 1024;
     conn_fixture c(l);
     c.h.auto_consume = false; // credit comes back only when read
@@ -251,7 +260,7 @@ TEST(stream_mux, data_beyond_credit_resets_stream_with_flow_control) {
 }
 
 TEST(stream_mux, consumed_returns_credit_in_quarter_batches) {
-    mux_limits l;
+    mux_limits l = small_budget();
     l.initial_window = 4096;
     conn_fixture c(l);
     c.h.auto_consume = false;
@@ -476,7 +485,7 @@ TEST(stream_mux, open_after_goaway_is_refused) {
 }
 
 TEST(stream_mux, max_streams_enforced_both_sides) {
-    mux_limits l;
+    mux_limits l = small_budget();
     l.max_streams = 4;
     conn_fixture c(l);
     ASSERT_TRUE(c.rx(wire{}.open(1).open(3).open(5).open(7).open(9)).ok());
@@ -517,7 +526,7 @@ TEST(stream_mux, reset_from_inside_on_data_is_safe) {
             m->reset(sid, reason::cancelled, "app closed");
         }
     };
-    mux_limits l;
+    mux_limits l = small_budget();
     resetting h;
     mux c(role::connector, l, h);
     h.m = &c;
@@ -534,7 +543,7 @@ TEST(stream_mux, stream_records_survive_churn_and_are_reused) {
     // Each round costs at most max_streams opens + resets of budget, so the clock advances 10 s
     // per round to refill the bucket (200/s * 10 s > 400 burst). Stream lookups must keep
     // finding exactly the live ids while the index shifts entries on every erase.
-    mux_limits l;
+    mux_limits l = small_budget();
     l.max_streams = 300;
     test_handler h;
     mux r(role::relay, l, h);
