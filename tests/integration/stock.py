@@ -38,7 +38,7 @@ def write_file(path, n):
 
 def start_nginx(env, files, host="127.0.0.1", name="nginx"):
     """nginx with one worker serving env.dir/www: files is {url_name: size}. POST /upload reads
-    and discards any body (return 200). Returns (proc, port)."""
+    the whole body, discards it and answers 200. Returns (proc, port)."""
     h.require_binaries(NGINX_BIN)
     root = os.path.join(env.dir, f"{name}-www")
     tmp = os.path.join(env.dir, f"{name}-tmp")
@@ -85,11 +85,22 @@ http {{
     server {{
         listen {host}:{port} backlog=4096 reuseport;
         root {root};
+        # The whole body is read before the answer (proxy_pass buffers the request body, in
+        # memory up to 80 MiB): `return` alone would answer first and discard the body behind
+        # it, so an upload's requests/s would not measure the bytes moved.
         location /upload {{
             client_max_body_size 0;
-            client_body_buffer_size 1m;
-            return 200 "ok\\n";
+            client_body_buffer_size 80m;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;  # read here, then only the headers go on
+            proxy_set_header Content-Length "";
+            proxy_pass http://unix:{tmp}/sink.sock:/;
         }}
+    }}
+    server {{
+        listen unix:{tmp}/sink.sock;
+        location / {{ return 200 "ok\\n"; }}
     }}
 }}
 """
@@ -137,12 +148,12 @@ def parse_wrk(out):
 
 
 def run_wrk(url, connections, seconds, threads=1, headers=(), script=None, timeout_s=10,
-            taskset=None):
-    """Runs wrk, bounded in time; returns (rc, parsed, text)."""
+            taskset=None, latency=False):
+    """Runs wrk, bounded in time; returns (rc, parsed, text). latency: --latency percentiles."""
     h.require_binaries(WRK_BIN)
     argv = ([] if taskset is None else ["taskset", "-c", taskset]) + [
         WRK_BIN, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", f"--timeout",
-        f"{timeout_s}s"]
+        f"{timeout_s}s"] + (["--latency"] if latency else [])
     for hd in headers:
         argv += ["-H", hd]
     if script:
