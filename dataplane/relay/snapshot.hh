@@ -50,7 +50,7 @@ struct app_entry {
 
 struct relay_limits {
     uint32_t max_frame = 16 * 1024;
-    uint32_t initial_window = 256 * 1024;
+    uint32_t initial_window = 4 * 1024 * 1024; // per stream, granted to connectors (tunnel mux)
     uint32_t max_streams_per_tunnel = 4096;
     uint32_t ping_interval_ms = 1000;
     uint32_t ping_timeout_ms = 3000; // no bytes from a connector for this long: tunnel dead

@@ -172,6 +172,7 @@ struct mux::impl {
     impl(role r, const mux_limits& l, mux_handler& h)
         : _role(r), _limits(l), _h(h), _dec(l.max_frame),
           _tokens(uint64_t(l.open_reset_burst) * k_nanos_per_token) {
+        _peer_window = l.initial_window;
         _ctl.reserve(4096);
     }
 
@@ -184,6 +185,9 @@ struct mux::impl {
     stream_table _streams;
     uint32_t _live = 0;        // streams not dead
     uint32_t _highest_sid = 0; // highest stream id ever opened (by either side's view)
+    // The peer's initial_window (HELLO / HELLO_ACK): each stream's send credit starts there.
+    // Until the peer said, ours (both sides used one value before windows were per direction).
+    uint32_t _peer_window = 0;
     uint32_t _next_sid = 1;    // relay: next id to open
 
     // Scheduler: streams that may produce DATA or FIN now, served round-robin.
@@ -222,8 +226,8 @@ struct mux::impl {
     stream* create(uint32_t sid) {
         stream& s = *_streams.insert(sid);
         s.sid = sid;
-        s.send_credit = _limits.initial_window;
-        s.recv_credit = _limits.initial_window;
+        s.send_credit = _peer_window; // what the peer grants (its HELLO / HELLO_ACK)
+        s.recv_credit = _limits.initial_window; // what we grant
         ++_live;
         _counters.add(mux_counter::streams_opened);
         return &s;
@@ -372,6 +376,16 @@ struct mux::impl {
         _counters.add(mux_counter::rate_limited);
         // errc has no rate_limited; overloaded is the closest code (GOAWAY reason rate_limited).
         return fail(errc::overloaded, "open/reset budget exhausted");
+    }
+
+    // M17: the window the peer grants per stream, from its HELLO (relay) / HELLO_ACK
+    // (connector). It applies to streams created after it; a HELLO comes before any stream.
+    result<void> take_peer_window(uint32_t w) {
+        if (w < 1024 || w > k_max_window) {
+            return fail(errc::protocol_error, "initial_window outside 1024..2^31-1");
+        }
+        _peer_window = w;
+        return {};
     }
 
     // A stream-level violation (M17-M19): the owner hears on_reset, the peer an RST.
@@ -628,6 +642,9 @@ result<void> mux::impl::on_frame(const frame_decoder::frame& f) {
         if (!h) {
             return fail(h.err().code, h.err().detail);
         }
+        if (auto w = take_peer_window(h->initial_window); !w) {
+            return w;
+        }
         _h.on_hello(*h);
         return {};
     }
@@ -638,6 +655,9 @@ result<void> mux::impl::on_frame(const frame_decoder::frame& f) {
         auto h = decode_hello_ack(f.payload);
         if (!h) {
             return fail(h.err().code, h.err().detail);
+        }
+        if (auto w = take_peer_window(h->initial_window); !w) {
+            return w;
         }
         _h.on_hello_ack(*h);
         return {};

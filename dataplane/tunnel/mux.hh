@@ -20,7 +20,12 @@ enum class role : uint8_t { relay, connector };
 
 struct mux_limits {
     uint32_t max_frame = k_default_max_frame;
-    uint32_t initial_window = 256 * 1024; // per stream, both directions
+    // What this side grants per stream (announced in HELLO / HELLO_ACK; the peer's own value
+    // bounds what this side sends). 4 MiB: a stream must fill a WAN path (4 MiB / 30 ms RTT
+    // = 1.1 Gbit/s), and on loopback 256 KiB held a download to 0.6x HAProxy's rate
+    // (bench/run dl_1). Credit is only returned once the user's socket took the bytes, so
+    // a slow reader holds at most this much at the relay.
+    uint32_t initial_window = 4 * 1024 * 1024;
     uint32_t max_streams = 4096;
     // Token bucket per tunnel: RSTs received (never fails the tunnel; empty = new streams
     // refused, SPEC M20); opens are bounded by max_streams instead. A backstop only: a tunnel

@@ -15,12 +15,14 @@
 namespace apprelay::tunnel {
 namespace {
 
-// These tests count the open/reset budget at 200/s, burst 400 (the defaults are far larger:
-// a tunnel is only the backstop, users are charged at the relay's edge).
+// These tests count the open/reset budget at 200/s, burst 400 and a 256 KiB window (the
+// defaults are larger: the tunnel budget is only a backstop, users are charged at the relay's
+// edge, and the default window is sized for WAN paths).
 mux_limits small_budget() {
     mux_limits l;
     l.open_reset_rate = 200;
     l.open_reset_burst = 400;
+    l.initial_window = 256 * 1024; // the windows these tests count in
     return l;
 }
 

@@ -12,12 +12,14 @@
 namespace apprelay::tunnel {
 namespace {
 
-// These tests count the open/reset budget at 200/s, burst 400 (the defaults are far larger:
-// a tunnel is only the backstop, users are charged at the relay's edge).
+// These tests count the open/reset budget at 200/s, burst 400 and a 256 KiB window (the
+// defaults are larger: the tunnel budget is only a backstop, users are charged at the relay's
+// edge, and the default window is sized for WAN paths).
 mux_limits small_budget() {
     mux_limits l;
     l.open_reset_rate = 200;
     l.open_reset_burst = 400;
+    l.initial_window = 256 * 1024; // the windows these tests count in
     return l;
 }
 
@@ -179,6 +181,59 @@ TEST(stream_mux, open_data_fin_both_ways_100_streams_byte_exact) {
     EXPECT_EQ(p.conn->stream_count(), 0u);
     EXPECT_TRUE(p.rh.resets.empty());
     EXPECT_TRUE(p.ch.resets.empty());
+}
+
+TEST(stream_mux, each_direction_uses_the_window_its_receiver_announced) {
+    // The relay grants 1 MiB (its HELLO_ACK), the connector 64 KiB (its HELLO): a reader that
+    // never returns credit gets exactly what it granted, in each direction.
+    mux_limits rl = small_budget(), cl = small_budget();
+    rl.initial_window = 1 << 20;
+    cl.initial_window = 64 << 10;
+    pair_fixture p(rl, cl);
+    hello h;
+    h.initial_window = cl.initial_window;
+    h.connector_id = "c";
+    h.connector_version = "0.1.0";
+    p.conn->send_hello(h);
+    p.pump();
+    hello_ack a;
+    a.initial_window = rl.initial_window;
+    p.relay->send_hello_ack(a);
+    p.pump();
+    uint32_t sid = *p.relay->open("app", "a:1", k_now);
+    p.ch.no_consume.insert(sid);
+    p.rh.no_consume.insert(sid);
+    p.rh.send(sid, pattern(sid, 4 << 20), false);
+    p.pump();
+    p.ch.send(sid, pattern(sid + 1, 4 << 20), false);
+    p.pump();
+    EXPECT_EQ(p.ch.in[sid].size(), std::size_t(64 << 10)); // relay -> connector: 64 KiB
+    EXPECT_EQ(p.rh.in[sid].size(), std::size_t(1 << 20));  // connector -> relay: 1 MiB
+    EXPECT_EQ(p.relay->send_window(sid), 0u);
+    EXPECT_EQ(p.conn->send_window(sid), 0u);
+    EXPECT_TRUE(p.rh.resets.empty());
+    EXPECT_TRUE(p.ch.resets.empty());
+}
+
+TEST(stream_mux, announced_window_out_of_range_is_a_tunnel_protocol_error) {
+    for (uint32_t w : {0u, 1023u, 0x80000000u}) {
+        pair_fixture p;
+        hello h;
+        h.initial_window = w;
+        h.connector_id = "c";
+        h.connector_version = "0.1.0";
+        p.conn->send_hello(h);
+        std::size_t n = p.conn->produce(p.buf);
+        EXPECT_EQ(p.relay->receive(std::span(p.buf.data(), n), k_now).code(), errc::protocol_error)
+            << w;
+        hello_ack a;
+        a.initial_window = w;
+        pair_fixture q;
+        q.relay->send_hello_ack(a);
+        n = q.relay->produce(q.buf);
+        EXPECT_EQ(q.conn->receive(std::span(q.buf.data(), n), k_now).code(), errc::protocol_error)
+            << w;
+    }
 }
 
 TEST(stream_mux, slow_reader_does_not_block_other_streams) {
