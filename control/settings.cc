@@ -75,6 +75,54 @@ bool get_str(const toml::table& t, const char* section, const char* key, std::st
     return true;
 }
 
+bool get_bool(const toml::table& t, const char* section, const char* key, bool* out,
+              std::string* why) {
+    auto node = t[key];
+    if (!node) {
+        return true;
+    }
+    auto v = node.value<bool>();
+    if (!v || !node.is_boolean()) {
+        *why = fmt::format("{}.{}: expected true or false", section, key);
+        return false;
+    }
+    *out = *v;
+    return true;
+}
+
+bool load_tls(const toml::table& t, relay_settings& s, std::string* why) {
+    if (!known_keys(t, "tls",
+                    {"user_ciphersuites", "user_groups", "tunnel_ciphersuites", "tunnel_groups",
+                     "user_session_tickets", "ticket_key_rotation_s"},
+                    why) ||
+        !get_str(t, "tls", "user_ciphersuites", &s.user_tls.ciphersuites, why) ||
+        !get_str(t, "tls", "user_groups", &s.user_tls.groups, why) ||
+        !get_str(t, "tls", "tunnel_ciphersuites", &s.tunnel_tls.ciphersuites, why) ||
+        !get_str(t, "tls", "tunnel_groups", &s.tunnel_tls.groups, why) ||
+        !get_bool(t, "tls", "user_session_tickets", &s.user_session_tickets, why) ||
+        !get_u32(t, "tls", "ticket_key_rotation_s", &s.ticket_key_rotation_s, 60, 7 * 86400,
+                 why)) {
+        return false;
+    }
+    std::string w;
+    if (!tls::check_policy(s.user_tls, &w)) {
+        *why = "tls.user_" + w;
+        return false;
+    }
+    if (!tls::check_policy(s.tunnel_tls, &w)) {
+        *why = "tls.tunnel_" + w;
+        return false;
+    }
+    if (s.user_session_tickets) {
+        s.user_ticket_keys = tls::ticket_keys::create(s.ticket_key_rotation_s);
+        if (s.user_ticket_keys == nullptr) {
+            *why = "tls.user_session_tickets: cannot create ticket keys (random source)";
+            return false;
+        }
+    }
+    return true;
+}
+
 } // namespace
 
 bool load_settings(const std::string& path, relay_settings* out, std::string* why) {
@@ -89,7 +137,7 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
     relay_settings s;
     for (const auto& [k, v] : root) {
         if (k.str() != "relay" && k.str() != "admin" && k.str() != "connectors" &&
-            k.str() != "limits") {
+            k.str() != "limits" && k.str() != "tls") {
             *why = fmt::format("[{}]: unknown section (tenants, groups, connectors and apps live "
                                "in the store: use apprelayctl)",
                                k.str());
@@ -194,6 +242,10 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
         !get_u32(*l, "limits", "source_abort_rate", &lim.source_abort_rate, 0, 10'000'000, why) ||
         !get_u32(*l, "limits", "source_abort_burst", &lim.source_abort_burst, 1, 10'000'000,
                  why)) {
+        return false;
+    }
+    const toml::table* tt = root["tls"].as_table();
+    if (!load_tls(tt != nullptr ? *tt : empty, s, why)) {
         return false;
     }
     if (lim.ping_timeout_ms <= lim.ping_interval_ms) {

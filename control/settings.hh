@@ -4,6 +4,7 @@
 // live in the store (control/store/) and are managed with apprelayctl, never in this file.
 // Start-up code: errors are messages naming the key ("limits.max_frame: 70000 outside ...").
 #include "dataplane/relay/snapshot.hh"
+#include "tls/context.hh"
 
 #include <cstdint>
 #include <string>
@@ -28,6 +29,15 @@ struct relay_settings {
     uint32_t store_poll_ms = 1000; // changes made by another process/thread are picked up
 
     relay::relay_limits limits;
+
+    // [tls]: suites and groups of each listener, session tickets for users. TLS 1.3 only.
+    tls::tls_policy user_tls;
+    tls::tls_policy tunnel_tls;
+    bool user_session_tickets = false;
+    uint32_t ticket_key_rotation_s = 3600;
+    // Created by load_settings when user_session_tickets is on; every snapshot's user context
+    // shares it, so tickets outlive configuration changes.
+    std::shared_ptr<tls::ticket_keys> user_ticket_keys;
 };
 
 bool load_settings(const std::string& path, relay_settings* out, std::string* why);

@@ -91,6 +91,8 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
     tls::server_options uo;
     uo.default_cert = {*chain, *key};
     uo.unknown_sni_fails = true;
+    uo.policy = settings.user_tls;
+    uo.tickets = settings.user_ticket_keys;
     for (const auto& a : view.apps) {
         if (a.access == access_mode::user_cert) {
             // Some app checks user certificates: ask every user for one (optional), verified
@@ -145,6 +147,7 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
     tls::server_options to;
     to.default_cert = {*chain, *key};
     to.client_ca_pem_paths = tenant_ca_paths;
+    to.policy = settings.tunnel_tls;
     if (to.client_ca_pem_paths.empty()) {
         // No tenant yet: no connector can be verified; the relay's own CA stands in so the
         // listener still runs (and refuses every connector).

@@ -16,10 +16,16 @@
 #include "tls/session.hh"
 
 #include <arpa/inet.h>
+#include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <new>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -27,9 +33,10 @@ namespace apprelay::tls {
 
 namespace {
 
-constexpr const char* k_ciphersuites =
-    "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
-constexpr const char* k_groups = "X25519:P-256";
+// Every TLS 1.3 suite OpenSSL 3 knows (RFC 8446 appendix B.4).
+constexpr const char* k_tls13_suites[] = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                          "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_CCM_SHA256",
+                                          "TLS_AES_128_CCM_8_SHA256"};
 // Session id context: required by OpenSSL whenever the server verifies client certificates.
 constexpr unsigned char k_sid_ctx[] = "apprelay";
 // RFC 6066 section 3: a DNS host name is at most 255 bytes.
@@ -85,12 +92,67 @@ bool to_lower(std::string_view in, char* out, std::size_t cap) {
     return true;
 }
 
+uint64_t now_seconds() {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec);
+}
+
+void free_ticket_keys(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+    delete static_cast<std::shared_ptr<ticket_keys>*>(ptr);
+}
+
+int ctx_ticket_keys_slot() {
+    static const int slot =
+        SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, &free_ticket_keys);
+    return slot;
+}
+
+bool set_ticket_mac(EVP_MAC_CTX* hctx, unsigned char* hmac_key) {
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, hmac_key, 32),
+                           OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+                           OSSL_PARAM_construct_end()};
+    return EVP_MAC_CTX_set_params(hctx, params) == 1;
+}
+
+// SSL_CTX_set_tlsext_ticket_key_evp_cb: seal with the current key, open with current or previous.
+int on_ticket_key(SSL* ssl, unsigned char name[16], unsigned char iv[16], EVP_CIPHER_CTX* cctx,
+                  EVP_MAC_CTX* hctx, int enc) {
+    auto* keys = static_cast<std::shared_ptr<ticket_keys>*>(
+        SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ctx_ticket_keys_slot()));
+    if (keys == nullptr || *keys == nullptr) {
+        return -1;
+    }
+    ticket_keys::key k;
+    if (enc != 0) {
+        if (!(*keys)->current(&k, now_seconds()) || RAND_bytes(iv, 16) != 1) {
+            return -1;
+        }
+        std::memcpy(name, k.name, sizeof k.name);
+        if (EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, k.aes, iv) != 1 ||
+            !set_ticket_mac(hctx, k.hmac)) {
+            return -1;
+        }
+        return 1;
+    }
+    int which = (*keys)->find(name, &k, now_seconds());
+    if (which < 0) {
+        return 0; // unknown or expired key: a full handshake, a fresh ticket
+    }
+    if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, k.aes, iv) != 1 ||
+        !set_ticket_mac(hctx, k.hmac)) {
+        return -1;
+    }
+    return which == 0 ? 1 : 2; // 2: valid, but sealed with the previous key: renew it
+}
+
 // Settings shared by client and server contexts.
-bool configure_common(SSL_CTX* ctx, bool session_tickets) {
+bool configure_common(SSL_CTX* ctx, const tls_policy& policy, bool session_tickets) {
     if (SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) != 1 ||
         SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) != 1 ||
-        SSL_CTX_set_ciphersuites(ctx, k_ciphersuites) != 1 ||
-        SSL_CTX_set1_groups_list(ctx, k_groups) != 1) {
+        SSL_CTX_set_ciphersuites(ctx, policy.ciphersuites.c_str()) != 1 ||
+        SSL_CTX_set1_groups_list(ctx, policy.groups.c_str()) != 1) {
         return false;
     }
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
@@ -180,8 +242,22 @@ SSL_CTX* new_server_ctx(const server_options& opts, const cert_source* cert, std
         set_why(why, detail::describe("cannot create SSL_CTX", "(server)"));
         return nullptr;
     }
-    bool ok = configure_common(ctx, opts.session_tickets) &&
+    bool ok = configure_common(ctx, opts.policy, opts.tickets != nullptr) &&
               SSL_CTX_set_session_id_context(ctx, k_sid_ctx, sizeof k_sid_ctx - 1) == 1;
+    // Our order of suites and groups, not the client's.
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (ok && opts.tickets != nullptr) {
+        // One stateless ticket per connection, sealed with the listener's rotating keys.
+        auto* holder = new (std::nothrow) std::shared_ptr<ticket_keys>(opts.tickets);
+        ok = holder != nullptr && SSL_CTX_set_ex_data(ctx, ctx_ticket_keys_slot(), holder) == 1;
+        if (!ok) {
+            delete holder;
+        }
+        ok = ok && SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, &on_ticket_key) == 1 &&
+             SSL_CTX_set_num_tickets(ctx, 1) == 1;
+        // Stateless: the ticket carries the session, the server keeps nothing per session.
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
+    }
     if (!ok) {
         set_why(why, detail::describe("cannot configure TLS 1.3 parameters", "(server)"));
         SSL_CTX_free(ctx);
@@ -318,6 +394,105 @@ std::unique_ptr<session> wrap(SSL* ssl) {
 
 } // namespace
 
+std::shared_ptr<ticket_keys> ticket_keys::create(uint32_t rotation_s) {
+    std::shared_ptr<ticket_keys> k(new (std::nothrow) ticket_keys(std::max<uint32_t>(rotation_s, 1)));
+    if (k == nullptr) {
+        return nullptr;
+    }
+    std::lock_guard lock(k->_mu);
+    if (!k->rotate_locked(now_seconds())) {
+        return nullptr;
+    }
+    k->_has_prev = false;
+    k->_rotations = 0;
+    return k;
+}
+
+bool ticket_keys::rotate_locked(uint64_t now_s) {
+    key next;
+    if (RAND_bytes(next.name, sizeof next.name) != 1 || RAND_bytes(next.aes, sizeof next.aes) != 1 ||
+        RAND_bytes(next.hmac, sizeof next.hmac) != 1) {
+        return false;
+    }
+    _prev = _cur;
+    _has_prev = true;
+    _cur = next;
+    _since_s = now_s;
+    ++_rotations;
+    OPENSSL_cleanse(&next, sizeof next);
+    return true;
+}
+
+bool ticket_keys::current(key* out, uint64_t now_s) {
+    std::lock_guard lock(_mu);
+    if (now_s - _since_s >= _rotation_s && !rotate_locked(now_s)) {
+        return false;
+    }
+    *out = _cur;
+    return true;
+}
+
+int ticket_keys::find(const unsigned char name[16], key* out, uint64_t now_s) {
+    std::lock_guard lock(_mu);
+    if (now_s - _since_s >= _rotation_s && !rotate_locked(now_s)) {
+        return -1;
+    }
+    if (std::memcmp(name, _cur.name, sizeof _cur.name) == 0) {
+        *out = _cur;
+        return 0;
+    }
+    // The previous key opens tickets until the current one is itself replaced.
+    if (_has_prev && std::memcmp(name, _prev.name, sizeof _prev.name) == 0) {
+        *out = _prev;
+        return 1;
+    }
+    return -1;
+}
+
+uint64_t ticket_keys::rotations() const {
+    std::lock_guard lock(_mu);
+    return _rotations;
+}
+
+bool check_policy(const tls_policy& p, std::string* why) {
+    if (p.ciphersuites.empty()) {
+        set_why(why, "ciphersuites: empty (at least one TLS 1.3 suite)");
+        return false;
+    }
+    std::string_view rest = p.ciphersuites;
+    while (!rest.empty()) {
+        auto colon = rest.find(':');
+        std::string_view name = rest.substr(0, colon);
+        rest = colon == std::string_view::npos ? std::string_view{} : rest.substr(colon + 1);
+        bool known = false;
+        for (const char* s : k_tls13_suites) {
+            known = known || name == s;
+        }
+        if (!known) {
+            set_why(why, "ciphersuites: '" + std::string(name) +
+                             "' is not a TLS 1.3 cipher suite (TLS_AES_128_GCM_SHA256, "
+                             "TLS_AES_256_GCM_SHA384, TLS_CHACHA20_POLY1305_SHA256, "
+                             "TLS_AES_128_CCM_SHA256, TLS_AES_128_CCM_8_SHA256)");
+            return false;
+        }
+    }
+    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == nullptr) {
+        set_why(why, "cannot create SSL_CTX");
+        return false;
+    }
+    ERR_clear_error();
+    bool ok = !p.groups.empty() && SSL_CTX_set1_groups_list(ctx, p.groups.c_str()) == 1 &&
+              SSL_CTX_set_ciphersuites(ctx, p.ciphersuites.c_str()) == 1;
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    if (!ok) {
+        set_why(why, "groups: '" + p.groups +
+                         "' is not a list of groups OpenSSL knows (e.g. X25519:P-256:P-384)");
+    }
+    return ok;
+}
+
 struct server_context::impl {
     sni_table* table = nullptr; // owned by the default SSL_CTX's ex_data
 };
@@ -422,7 +597,7 @@ result<std::shared_ptr<client_context>> client_context::create(const client_opti
         set_why(why, detail::describe("cannot create SSL_CTX", "(client)"));
         return error(errc::tls_error, "cannot create client TLS context");
     }
-    if (!configure_common(ctx, false)) {
+    if (!configure_common(ctx, opts.policy, false)) {
         set_why(why, detail::describe("cannot configure TLS 1.3 parameters", "(client)"));
         SSL_CTX_free(ctx);
         return error(errc::tls_error, "cannot create client TLS context");

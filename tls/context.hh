@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -14,6 +15,50 @@
 namespace apprelay::tls {
 
 class session;
+
+// Cipher suites and key-exchange groups, most preferred first. TLS 1.3 only; a server's order
+// wins over the client's (a client offering AES-256 first still gets AES-128-GCM).
+struct tls_policy {
+    std::string ciphersuites =
+        "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
+    std::string groups = "X25519:P-256";
+};
+
+// Checks a policy without building a context. why names the bad part: "TLS_RSA_WITH_AES_128_CBC_SHA
+// is not a TLS 1.3 cipher suite (TLS_AES_128_GCM_SHA256, ...)", "no such group: P-999".
+bool check_policy(const tls_policy& p, std::string* why);
+
+// Session-ticket keys of one listener, shared by every context built for it: the relay rebuilds
+// its contexts with every configuration snapshot, and tickets issued before stay valid. The key
+// that seals new tickets is replaced every rotation_s; tickets sealed with the one before are
+// still accepted (and replaced by a fresh ticket), so a ticket resumes for at most 2 x rotation_s.
+// Thread-safe: handshakes on every worker use it (a short lock, never on the data path).
+class ticket_keys {
+public:
+    struct key {
+        unsigned char name[16];
+        unsigned char aes[32];  // AES-256-CBC
+        unsigned char hmac[32]; // HMAC-SHA256
+    };
+    // rotation_s >= 1. Returns null if the random source fails.
+    static std::shared_ptr<ticket_keys> create(uint32_t rotation_s);
+    // The key for a new ticket (rotating first when due).
+    bool current(key* out, uint64_t now_s);
+    // 0: the current key, 1: the previous one (renew the ticket), -1: unknown or expired.
+    int find(const unsigned char name[16], key* out, uint64_t now_s);
+    uint64_t rotations() const;
+
+private:
+    explicit ticket_keys(uint32_t rotation_s) : _rotation_s(rotation_s) {}
+    bool rotate_locked(uint64_t now_s);
+    mutable std::mutex _mu;
+    const uint32_t _rotation_s;
+    key _cur{};
+    key _prev{};
+    bool _has_prev = false;
+    uint64_t _since_s = 0;
+    uint64_t _rotations = 0;
+};
 
 // A certificate chain + private key, loaded from PEM files or PEM text.
 struct cert_source {
@@ -47,7 +92,10 @@ struct server_options {
     // fail the handshake; session::peer_root_fingerprint() is empty unless it verified. Access
     // rules of each app decide afterwards (passthrough apps never look).
     bool client_cert_optional = false;
-    bool session_tickets = false;
+    tls_policy policy;
+    // Non-null: session tickets sealed with these keys (one per connection, stateless on the
+    // server); null: no tickets, no resumption.
+    std::shared_ptr<ticket_keys> tickets;
 };
 
 struct client_options {
@@ -59,6 +107,7 @@ struct client_options {
     // lowercase hex) equals this pin and its leaf verifies (purpose TLS server) against that
     // certificate as the only trust anchor. No hostname check: the pin is the identity.
     std::string pinned_ca_fingerprint;
+    tls_policy policy;
 };
 
 class server_context {

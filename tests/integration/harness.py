@@ -148,6 +148,7 @@ class Topology:
         # Tests stop the relay with SIGTERM and escalate after 10 s: drain well within that.
         self.drain_deadline_ms = drain_deadline_ms
         self.limits = {}      # extra [limits] keys
+        self.tls = {}         # [tls] keys (strings, booleans, integers)
         self.connector_settings = {}  # [connectors] keys (min_version, inactive_purge_s...)
         self.tenants = []     # dict(name)
         self.groups = []      # dict(tenant, name)
@@ -167,6 +168,10 @@ class Topology:
         if self.connector_settings:
             out += ["[connectors]"]
             out += [f"{k} = {q(v)}" for k, v in self.connector_settings.items()] + [""]
+        if self.tls:
+            out += ["[tls]"]
+            out += [f"{k} = {str(v).lower() if isinstance(v, bool) else q(v) if isinstance(v, str) else int(v)}"
+                    for k, v in self.tls.items()] + [""]
         out += ["[limits]", f"drain_deadline_ms = {int(self.drain_deadline_ms)}"]
         out += [f"{k} = {int(v)}" for k, v in self.limits.items()] + [""]
         return "\n".join(out)

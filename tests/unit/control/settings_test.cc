@@ -106,3 +106,56 @@ TEST_F(settings, mistakes_are_refused_with_the_key_named) {
               "connectors.latest_version: older than connectors.min_version");
     EXPECT_NE(load("[relay\n").find("relay.toml"), std::string::npos); // parse error names file
 }
+
+TEST_F(settings, tls_and_source_limits_are_read_and_checked) {
+    control::relay_settings s;
+    const std::string k_relay = "[relay]\nstate_dir = \"s\"\n";
+    ASSERT_EQ(load("[relay]\nstate_dir = \"s\"\n", &s), "");
+    EXPECT_EQ(s.user_tls.ciphersuites.rfind("TLS_AES_128_GCM_SHA256", 0), 0u); // AES-128 first
+    EXPECT_EQ(s.user_tls.groups.rfind("X25519", 0), 0u);
+    EXPECT_FALSE(s.user_session_tickets);
+    EXPECT_EQ(s.user_ticket_keys, nullptr);
+    EXPECT_EQ(s.limits.source_open_rate, 20'000u);
+    EXPECT_EQ(s.limits.source_abort_rate, 2'000u);
+    EXPECT_EQ(s.limits.initial_window, 4u << 20);
+
+    ASSERT_EQ(load(R"([relay]
+state_dir = "s"
+[tls]
+user_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256"
+user_groups = "P-256"
+tunnel_ciphersuites = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
+user_session_tickets = true
+ticket_key_rotation_s = 600
+[limits]
+source_open_rate = 0
+source_abort_rate = 10
+source_abort_burst = 20
+)",
+                   &s),
+              "");
+    EXPECT_EQ(s.user_tls.ciphersuites, "TLS_CHACHA20_POLY1305_SHA256");
+    EXPECT_EQ(s.user_tls.groups, "P-256");
+    EXPECT_EQ(s.tunnel_tls.ciphersuites, "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256");
+    EXPECT_TRUE(s.user_session_tickets);
+    ASSERT_NE(s.user_ticket_keys, nullptr);
+    EXPECT_EQ(s.ticket_key_rotation_s, 600u);
+    EXPECT_EQ(s.limits.source_open_rate, 0u);
+    EXPECT_EQ(s.limits.source_abort_burst, 20u);
+
+    EXPECT_NE(load(k_relay + "[tls]\nuser_ciphersuites = \"AES128-SHA\"\n").find(
+                  "tls.user_ciphersuites: 'AES128-SHA' is not a TLS 1.3 cipher suite"),
+              std::string::npos);
+    EXPECT_NE(load(k_relay + "[tls]\ntunnel_ciphersuites = \"\"\n").find("tls.tunnel_ciphersuites: empty"),
+              std::string::npos);
+    EXPECT_NE(load(k_relay + "[tls]\nuser_groups = \"P-999\"\n").find("tls.user_groups: 'P-999'"),
+              std::string::npos);
+    EXPECT_NE(load(k_relay + "[tls]\nuser_session_tickets = 1\n").find("tls.user_session_tickets: expected"),
+              std::string::npos);
+    EXPECT_NE(load(k_relay + "[tls]\nticket_key_rotation_s = 5\n").find("tls.ticket_key_rotation_s"),
+              std::string::npos);
+    EXPECT_NE(load(k_relay + "[tls]\nversion = \"1.2\"\n").find("tls.version: unknown key"),
+              std::string::npos);
+    EXPECT_NE(load(k_relay + "[limits]\nsource_abort_burst = 0\n").find("limits.source_abort_burst"),
+              std::string::npos);
+}

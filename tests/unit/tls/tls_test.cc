@@ -6,6 +6,7 @@
 #include "tls/session.hh"
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <gtest/gtest.h>
 #include <openssl/ssl.h>
@@ -490,6 +491,44 @@ TEST(tls_ca, key_files_are_private) {
     EXPECT_EQ(st.st_mode & 0777, 0600u);
     ASSERT_EQ(::stat(id.cert_pem_path.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0644u);
+}
+
+TEST(ticket_keys, rotate_and_accept_the_previous_key_once) {
+    auto k = ticket_keys::create(60);
+    ASSERT_NE(k, nullptr);
+    const uint64_t t0 = 1'000'000; // far beyond creation: the first call rotates
+    ticket_keys::key a, b, c, found;
+    ASSERT_TRUE(k->current(&a, t0));
+    ASSERT_TRUE(k->current(&b, t0 + 59));
+    EXPECT_EQ(std::memcmp(a.name, b.name, 16), 0); // same key within the period
+    EXPECT_EQ(k->find(a.name, &found, t0 + 59), 0);
+    EXPECT_EQ(std::memcmp(found.aes, a.aes, 32), 0);
+    // One period later new tickets get a new key; the old one still opens (renew: 1).
+    ASSERT_TRUE(k->current(&c, t0 + 60));
+    EXPECT_NE(std::memcmp(a.name, c.name, 16), 0);
+    EXPECT_EQ(k->find(c.name, &found, t0 + 60), 0);
+    EXPECT_EQ(k->find(a.name, &found, t0 + 61), 1);
+    EXPECT_EQ(std::memcmp(found.hmac, a.hmac, 32), 0);
+    // Two periods: the first key is gone, unknown names never match.
+    EXPECT_EQ(k->find(a.name, &found, t0 + 120), -1);
+    unsigned char junk[16] = {1, 2, 3};
+    EXPECT_EQ(k->find(junk, &found, t0 + 120), -1);
+    EXPECT_GE(k->rotations(), 3u);
+}
+
+TEST(tls_policy, only_tls13_suites_and_known_groups) {
+    std::string why;
+    EXPECT_TRUE(check_policy(tls_policy{}, &why)) << why;
+    tls_policy p;
+    p.ciphersuites = "TLS_AES_128_GCM_SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+    EXPECT_FALSE(check_policy(p, &why));
+    EXPECT_NE(why.find("'ECDHE-RSA-AES128-GCM-SHA256' is not a TLS 1.3 cipher suite"),
+              std::string::npos)
+        << why;
+    p = {};
+    p.groups = "X25519:nonsense";
+    EXPECT_FALSE(check_policy(p, &why));
+    EXPECT_NE(why.find("groups:"), std::string::npos) << why;
 }
 
 } // namespace
