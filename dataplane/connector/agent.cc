@@ -10,9 +10,13 @@
 #include "dataplane/tunnel/mux.hh"
 #include "tls/context.hh"
 
+#include "dataplane/core/core_map.hh"
+
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <netdb.h>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -55,6 +59,20 @@ bool resolve(const std::string& hp, sockaddr_storage* ss, socklen_t* len) {
 
 class agent;
 class tunnel_link;
+
+// The loops of one connector process (--core-map workers=...): each loop is an agent with its
+// own io_uring, tunnels and backend connections, pinned to its cpu; nothing of the data path is
+// shared. Relay worker w's tunnel belongs to loop w % loops, except that loop 0 dials its first
+// tunnel to any worker (the relay says which, `first`) and keeps it: first and worker 0 swap
+// owners. The other loops wait for loop 0 to learn the relay's worker count.
+struct agent_group {
+    uint16_t loops = 1;
+    std::vector<int> cpus; // loop i runs on cpus[i] (the core map's workers)
+    std::atomic<uint32_t> relay_workers{0}; // published by loop 0 after its first HELLO_ACK
+    std::atomic<uint32_t> first_worker{0xFFFF};
+    std::atomic<bool> stop{false};          // a loop ended for good: every loop stops
+    std::atomic<uint64_t> last_tunnel_ns{0}; // give-up counts for the whole connector
+};
 
 // backend_conn: plain TCP to the backend for one stream.
 // States: connecting -> open -> dead. Bytes from the relay queue in `_out` (bounded by the
@@ -162,10 +180,35 @@ private:
 
 class agent {
 public:
-    explicit agent(const agent_options& o) : opts(o), rng(std::random_device{}()) {}
+    explicit agent(const agent_options& o, uint16_t idx = 0, agent_group* g = nullptr)
+        : opts(o), index(idx), group(g), rng(std::random_device{}()) {}
     int run(const std::atomic<bool>& stop);
 
+    // Whether relay worker w's tunnel is this loop's (agent_group).
+    bool mine(uint16_t w) const {
+        if (group == nullptr || group->loops <= 1) {
+            return true;
+        }
+        // Loop 0 keeps its first tunnel, to worker `first`; worker 0 takes first's place, so
+        // every loop still owns its share (W / loops, rounded).
+        uint32_t first = group->first_worker.load(std::memory_order_acquire);
+        uint32_t owner = w % group->loops;
+        if (first != k_any_worker && first % group->loops != 0) {
+            if (w == first) {
+                owner = 0;
+            } else if (w == 0) {
+                owner = first % group->loops;
+            }
+        }
+        return owner == index;
+    }
+
     agent_options opts;
+    uint16_t index = 0;           // this loop (agent_group), 0 when alone
+    agent_group* group = nullptr; // null: the only loop, which also writes the stats
+    // Guards latest_version, config and config_version: the loop writes them (rare events), the
+    // control thread reads them for the status of a multi-loop connector.
+    mutable std::mutex status_mu;
     std::unique_ptr<io::uring_loop> loop;
     io::send_buffer_pool pool;
     std::shared_ptr<tls::client_context> tls_ctx;
@@ -198,7 +241,7 @@ public:
             }
         }
         for (uint16_t i = 0; i < worker_count; ++i) {
-            if (!have[i]) {
+            if (!have[i] && mine(i)) {
                 links.push_back(std::make_unique<tunnel_link>(this, i));
                 links.back()->connect();
             }
@@ -490,7 +533,15 @@ void tunnel_link::on_hello_ack(const tunnel::hello_ack& a) {
     log::info("tunnel_up", {{"worker", _worker},
                             {"relay_workers", a.worker_count},
                             {"latest_version", a.latest_version}});
-    _a->latest_version = std::string(a.latest_version);
+    {
+        std::lock_guard lock(_a->status_mu);
+        _a->latest_version = std::string(a.latest_version);
+    }
+    if (_a->group != nullptr && _a->index == 0 &&
+        _a->group->relay_workers.load(std::memory_order_acquire) == 0) {
+        _a->group->first_worker.store(_worker, std::memory_order_release);
+        _a->group->relay_workers.store(a.worker_count, std::memory_order_release);
+    }
     _a->ensure_links(a.worker_count);
 }
 
@@ -586,6 +637,7 @@ void tunnel_link::on_config(uint64_t version, std::span<const std::byte> body) {
                                      {"backends", c->backends.size()},
                                      {"group_changed", group_changed}});
     }
+    std::lock_guard lock(_a->status_mu);
     _a->config = std::move(*c);
     _a->config_version = version;
 }
@@ -660,6 +712,7 @@ void tunnel_link::fail(std::string_view why) {
 // ------------------------------------------------------------------------------------ agent
 
 std::string agent::status_json() const {
+    std::lock_guard lock(status_mu);
     nlohmann::json j;
     nlohmann::json c = nlohmann::json::object();
     for (std::size_t i = 0; i < std::size_t(connector_counter::count_); ++i) {
@@ -689,6 +742,7 @@ std::string agent::metrics_text() const {
     }
     out += "# HELP apprelay_connector_config_version version of the last CONFIG from the relay\n";
     out += "# TYPE apprelay_connector_config_version gauge\n";
+    std::lock_guard lock(status_mu);
     out += "apprelay_connector_config_version " + std::to_string(config_version) + "\n";
     return out;
 }
@@ -734,7 +788,14 @@ int agent::run(const std::atomic<bool>& stop) {
     }
     loop = std::move(*l);
     loop->set_coalescing(io::uring_loop::k_coalesce_events, uint64_t(opts.io_coalesce_us) * 1000);
-    if (!opts.metrics_listen.empty()) {
+    if (group != nullptr) {
+        std::string pin_why;
+        if (!core::pin_current_thread(group->cpus[index], &pin_why)) {
+            log::error("pin_failed", {{"loop", index}, {"reason", pin_why}});
+            return 2;
+        }
+    }
+    if (!opts.metrics_listen.empty() && group == nullptr) {
         http = status_http::start(opts.metrics_listen, &why);
         if (!http) {
             log::error("metrics_failed", {{"reason", why}});
@@ -744,8 +805,11 @@ int agent::run(const std::atomic<bool>& stop) {
     }
     now = mono_ns();
     last_tunnel_ns = now;
-    links.push_back(std::make_unique<tunnel_link>(this, k_any_worker));
-    links.back()->connect();
+    if (index == 0) {
+        links.push_back(std::make_unique<tunnel_link>(this, k_any_worker));
+        links.back()->connect();
+    }
+    const bool own_stats = group == nullptr;
     uint64_t next_stats = 0;
     uint64_t drain_deadline = 0;
     int code = 0;
@@ -754,7 +818,20 @@ int agent::run(const std::atomic<bool>& stop) {
             code = fatal_code;
             break;
         }
-        if (stop.load(std::memory_order_relaxed) && !draining) {
+        if (group != nullptr && index > 0 && worker_count == 0 && !draining) {
+            // Loop 0 learns the relay's worker count from its first tunnel.
+            uint32_t w = group->relay_workers.load(std::memory_order_acquire);
+            if (w > 0) {
+                ensure_links(uint16_t(w));
+                if (links.empty()) {
+                    log::info("loop_idle", {{"loop", index}, {"relay_workers", w},
+                                            {"reason", "more connector loops than relay workers"}});
+                }
+            }
+        }
+        const bool stopping = stop.load(std::memory_order_relaxed) ||
+                              (group != nullptr && group->stop.load(std::memory_order_relaxed));
+        if (stopping && !draining) {
             draining = true;
             drain_deadline = now + uint64_t(opts.drain_deadline_ms) * 1'000'000ull;
             std::size_t streams = 0;
@@ -801,6 +878,15 @@ int agent::run(const std::atomic<bool>& stop) {
                 lk->connect();
             }
         }
+        if (group != nullptr) {
+            // One clock for every loop: an idle loop or one whose relay worker is down does not
+            // give up while another loop has a tunnel.
+            if (any_up) {
+                group->last_tunnel_ns.store(now, std::memory_order_relaxed);
+            }
+            last_tunnel_ns = std::max(last_tunnel_ns,
+                                      group->last_tunnel_ns.load(std::memory_order_relaxed));
+        }
         if (any_up) {
             last_tunnel_ns = now;
         } else if (now - last_tunnel_ns > uint64_t(opts.give_up_after_ms) * 1'000'000ull) {
@@ -809,21 +895,139 @@ int agent::run(const std::atomic<bool>& stop) {
             code = 3;
             break;
         }
-        if ((!opts.stats_file.empty() || http) && now >= next_stats) {
+        if (own_stats && (!opts.stats_file.empty() || http) && now >= next_stats) {
             next_stats = now + 200'000'000ull;
             write_stats();
         }
     }
-    if (!opts.stats_file.empty()) {
+    if (own_stats && !opts.stats_file.empty()) {
         write_stats();
+    }
+    if (group != nullptr) {
+        group->stop.store(true, std::memory_order_relaxed);
     }
     return code;
 }
 
+namespace {
+
+// The stats of a multi-loop connector: counters summed over the loops, the rest from loop 0
+// (every loop gets the same CONFIG and HELLO_ACK versions from the one relay).
+std::string group_status_json(const std::vector<std::unique_ptr<agent>>& loops,
+                              std::string* metrics) {
+    auto j = nlohmann::json::parse(loops[0]->status_json());
+    std::vector<uint64_t> sum(std::size_t(connector_counter::count_), 0);
+    nlohmann::json per_loop = nlohmann::json::array();
+    for (const auto& a : loops) {
+        for (std::size_t i = 0; i < sum.size(); ++i) {
+            sum[i] += a->counters.get(i);
+        }
+        per_loop.push_back({{"tunnels_up", a->counters.get(connector_counter::tunnels_up)},
+                            {"bytes_from_backend",
+                             a->counters.get(connector_counter::bytes_from_backend)},
+                            {"streams_opened", a->counters.get(connector_counter::streams_opened)}});
+    }
+    nlohmann::json c = nlohmann::json::object();
+    std::string out;
+    for (std::size_t i = 0; i < sum.size(); ++i) {
+        std::string name(connector_counter_names[i]);
+        c[name] = sum[i];
+        const bool gauge = name == "tunnels_up";
+        std::string metric = "apprelay_connector_" + name + (gauge ? "" : "_total");
+        out += "# HELP " + metric + " " + std::string(connector_counter_help[i]) + "\n";
+        out += "# TYPE " + metric + (gauge ? " gauge\n" : " counter\n");
+        out += metric + " " + std::to_string(sum[i]) + "\n";
+    }
+    out += "# HELP apprelay_connector_loops data-plane loops (one pinned thread each)\n";
+    out += "# TYPE apprelay_connector_loops gauge\n";
+    out += "apprelay_connector_loops " + std::to_string(loops.size()) + "\n";
+    out += "# HELP apprelay_connector_config_version version of the last CONFIG from the relay\n";
+    out += "# TYPE apprelay_connector_config_version gauge\n";
+    out += "apprelay_connector_config_version " + std::to_string(j.value("config_version", 0)) +
+           "\n";
+    j["counters"] = c;
+    j["tunnels_up"] = sum[std::size_t(connector_counter::tunnels_up)];
+    j["loops"] = per_loop;
+    *metrics = std::move(out);
+    return j.dump();
+}
+
+void write_file_atomically(const std::string& path, const std::string& s) {
+    std::string tmp = path + ".tmp";
+    {
+        std::ofstream f(tmp, std::ios::trunc);
+        f << s;
+    }
+    std::rename(tmp.c_str(), path.c_str());
+}
+
+} // namespace
+
 int run_agent(const agent_options& opts, const std::atomic<bool>& stop) {
     log::set_component("connector");
-    agent a(opts);
-    return a.run(stop);
+    if (opts.core_map.empty()) {
+        agent a(opts);
+        return a.run(stop);
+    }
+    std::string why;
+    auto map = core::parse_core_map(opts.core_map, core::available_cpus(), &why);
+    if (!map) {
+        log::error("config_invalid", {{"core_map", opts.core_map}, {"reason", why}});
+        return 2;
+    }
+    // The loops pin themselves; the control thread goes to its cpu once they are started
+    // (threads inherit the creator's affinity).
+    std::unique_ptr<status_http> http;
+    if (!opts.metrics_listen.empty()) {
+        http = status_http::start(opts.metrics_listen, &why);
+        if (!http) {
+            log::error("metrics_failed", {{"reason", why}});
+            return 2;
+        }
+        log::info("metrics_listening", {{"port", http->port()}});
+    }
+    agent_group group;
+    group.loops = uint16_t(map->worker_cpus.size());
+    group.cpus = map->worker_cpus;
+    group.last_tunnel_ns.store(mono_ns());
+    std::vector<std::unique_ptr<agent>> loops;
+    for (uint16_t i = 0; i < group.loops; ++i) {
+        loops.push_back(std::make_unique<agent>(opts, i, &group));
+    }
+    std::vector<int> codes(loops.size(), 0);
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < loops.size(); ++i) {
+        threads.emplace_back([&, i] { codes[i] = loops[i]->run(stop); });
+    }
+    if (!core::pin_current_thread(map->control_cpu, &why)) {
+        log::warn("pin_failed", {{"thread", "control"}, {"reason", why}});
+    }
+    log::info("loops_started", {{"loops", group.loops},
+                                {"cpus", core::cpu_list_to_string(map->worker_cpus)}});
+    auto publish = [&] {
+        std::string metrics;
+        std::string status = group_status_json(loops, &metrics);
+        if (http) {
+            http->publish(metrics, status);
+        }
+        if (!opts.stats_file.empty()) {
+            write_file_atomically(opts.stats_file, status);
+        }
+    };
+    while (!group.stop.load(std::memory_order_relaxed) && !stop.load(std::memory_order_relaxed)) {
+        publish();
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    publish();
+    for (int c : codes) {
+        if (c != 0) {
+            return c;
+        }
+    }
+    return 0;
 }
 
 } // namespace apprelay::connector

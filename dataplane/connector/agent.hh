@@ -1,8 +1,8 @@
 #pragma once
 // The connector agent: dials the relay (outbound only), keeps one tunnel per relay worker, takes
-// OPENs, connects to backends and pumps bytes both ways with per-stream credit. One thread, one
-// io_uring: a connector serves one site's apps and is never the relay's bottleneck by design of
-// the deployment (several connectors per group).
+// OPENs, connects to backends and pumps bytes both ways with per-stream credit. One io_uring loop
+// per thread; with a core map, one pinned loop per cpu, each owning the tunnels of its share of
+// the relay's workers (agent.cc, agent_group).
 #include "dataplane/base/counters.hh"
 #include "dataplane/base/result.hh"
 
@@ -45,6 +45,10 @@ struct agent_options {
     // Completion coalescing (io::uring_loop::set_coalescing): after waking for one event, wait
     // up to this long for more, so one pass serves many streams. 0 = off (the default).
     uint32_t io_coalesce_us = 0;
+    // `control=C,workers=LIST[,shared=1]` (the relay's grammar): one pinned loop per worker cpu,
+    // the relay's tunnels spread over them; the control thread (stats, /metrics) on C. Empty:
+    // one loop on the calling thread, unpinned.
+    std::string core_map;
 };
 
 // Runs until stop, then drains (GOAWAY to the relay, streams in flight finish, deadline); returns

@@ -44,6 +44,8 @@ int main(int argc, char** argv) {
     run->add_option("--io-coalesce-us", o.io_coalesce_us,
                     "after waking for one event, wait this long for more (0 = off)")
         ->check(CLI::Range(0u, 1000u));
+    run->add_option("--core-map", o.core_map,
+                    "control=CPU,workers=LIST[,shared=1]: one pinned loop per worker cpu");
     run->add_option("--log-level", level_name, "debug|info|warn|error")
         ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
 
