@@ -205,6 +205,12 @@ def body(env):
     h.wait_until(lambda: h.read_json_file(stats_path).get("group") == "Default", 5,
                  "c2's CONFIG says group Default after the forced delete")
     h.check(True, "running connector c2 follows its group to Default")
+    # The move drained c2's tunnels and each came back after its own backoff: wait for the
+    # connector's own gauge (written with the new group, so not a file from before the move),
+    # then for the relay's. The relay's stats alone may still list the tunnels of before.
+    h.wait_until(lambda: (lambda st: st.get("group") == "Default" and
+                          st.get("tunnels_up") == workers)(h.read_json_file(stats_path)), 15,
+                 f"c2 reports {workers} tunnels up in group Default")
     env.wait_tunnels(workers, connector="c2", timeout=15)
 
     # ---- connector deletion ----------------------------------------------------------------
