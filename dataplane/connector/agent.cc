@@ -344,8 +344,18 @@ void backend_conn::relay_fin() {
 }
 
 void backend_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
+    // The consumed prefix goes once it is at least as large as what is still unread: copying
+    // that costs at most one more copy per byte, and the buffer stays within about twice the
+    // pause mark. (Without it the vector grew by the whole response while the tunnel's credit
+    // held the reader back: 256 MiB downloads paged in fresh memory all the time, 4.5 s of
+    // connector cpu per GiB at 16 streams.)
+    std::size_t unread = _in.size() - _in_off;
     if (_in_off == _in.size()) {
         _in.clear();
+        _in_off = 0;
+    } else if (_in_off >= unread) {
+        std::memmove(_in.data(), _in.data() + _in_off, unread);
+        _in.resize(unread);
         _in_off = 0;
     }
     _in.insert(_in.end(), data.begin(), data.end());
