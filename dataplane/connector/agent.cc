@@ -12,6 +12,7 @@
 
 #include "dataplane/core/core_map.hh"
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -156,6 +157,9 @@ public:
     bool waiting() const { return _state == state::waiting; }
     uint64_t retry_at() const { return _retry_at; }
     uint16_t worker() const { return _worker; }
+    // The relay no longer has this worker (a HELLO_ACK counted fewer): no more dialing until it
+    // counts it again.
+    bool retired = false;
     bool dirty = false;
 
 private:
@@ -233,10 +237,21 @@ public:
     std::mt19937_64 rng;
 
     void ensure_links(uint16_t n) {
-        worker_count = std::max(worker_count, n);
+        // The relay's current count: after a restart with fewer workers, links to the workers
+        // that are gone stop dialing (the relay refuses a HELLO for a worker it lacks), and
+        // start again if a later HELLO_ACK counts them.
+        worker_count = n;
         std::vector<bool> have(worker_count, false);
         for (auto& l : links) {
-            if (l->worker() < worker_count) {
+            if (l->worker() == k_any_worker) {
+                continue;
+            }
+            bool gone = l->worker() >= worker_count;
+            if (gone && !l->retired) {
+                log::info("tunnel_retired", {{"worker", l->worker()}, {"relay_workers", n}});
+            }
+            l->retired = gone;
+            if (!gone) {
                 have[l->worker()] = true;
             }
         }
@@ -547,9 +562,12 @@ void tunnel_link::on_hello_ack(const tunnel::hello_ack& a) {
         std::lock_guard lock(_a->status_mu);
         _a->latest_version = std::string(a.latest_version);
     }
-    if (_a->group != nullptr && _a->index == 0 &&
-        _a->group->relay_workers.load(std::memory_order_acquire) == 0) {
-        _a->group->first_worker.store(_worker, std::memory_order_release);
+    if (_a->group != nullptr) {
+        // Every HELLO_ACK republishes the relay's worker count (it may change with a restart);
+        // the first one of loop 0 also names the worker its first tunnel landed on.
+        if (_a->index == 0 && _a->group->relay_workers.load(std::memory_order_acquire) == 0) {
+            _a->group->first_worker.store(_worker, std::memory_order_release);
+        }
         _a->group->relay_workers.store(a.worker_count, std::memory_order_release);
     }
     _a->ensure_links(a.worker_count);
@@ -828,14 +846,17 @@ int agent::run(const std::atomic<bool>& stop) {
             code = fatal_code;
             break;
         }
-        if (group != nullptr && index > 0 && worker_count == 0 && !draining) {
-            // Loop 0 learns the relay's worker count from its first tunnel.
+        if (group != nullptr && !draining) {
+            // Loop 0 learns the relay's worker count from its first tunnel, and any loop's
+            // HELLO_ACK updates it: each loop follows with its share of the workers.
             uint32_t w = group->relay_workers.load(std::memory_order_acquire);
-            if (w > 0) {
+            if (w > 0 && w != worker_count) {
                 ensure_links(uint16_t(w));
-                if (links.empty()) {
+                bool idle = std::all_of(links.begin(), links.end(),
+                                        [](const auto& l) { return l->retired; });
+                if (idle) {
                     log::info("loop_idle", {{"loop", index}, {"relay_workers", w},
-                                            {"reason", "more connector loops than relay workers"}});
+                                            {"reason", "no relay worker of its own"}});
                 }
             }
         }
@@ -884,7 +905,7 @@ int agent::run(const std::atomic<bool>& stop) {
                 lk->fail("relay stopped answering (no PING within 3 intervals)");
             }
             any_up = any_up || lk->ready();
-            if (lk->waiting() && now >= lk->retry_at() && !draining) {
+            if (lk->waiting() && now >= lk->retry_at() && !draining && !lk->retired) {
                 lk->connect();
             }
         }

@@ -4,8 +4,9 @@ and the relay's tunnels are spread over the loops.
 1. Relay with 2 workers, connector with 2 loops: 2 tunnels, one per loop (the stats file lists
    the loops), and 200 streams of 256 KiB echo byte-exact; both loops carried bytes.
 2. A relay restart: both loops dial back on their own.
-3. Connector with 2 loops and a relay with 1 worker: the second loop logs loop_idle and the
-   connector neither fails nor opens a second tunnel; streams still flow.
+3. The relay restarts with 1 worker: the running connector retires its link to worker 1 (no
+   more dialing a worker that is gone), and a new 2-loop connector logs loop_idle for its second
+   loop, holds one tunnel, and streams flow.
 4. A bad core map is refused at start-up with a message naming the cpu.
 """
 import json
@@ -63,11 +64,22 @@ def body(env):
     h.check(rc == 0 and r["failed"] == 0, "50 streams after the restart")
 
     # -- 3: more loops than relay workers -----------------------------------------------------
-    h.check(c1.stop() == 0, "connector c1 stopped cleanly")
+    # c1 keeps running through a restart onto 1 worker: its link to worker 1 retires instead of
+    # dialing a worker the relay no longer has.
     h.check(env.relay.stop() == 0, "relay stopped")
     topo.workers = 1
     os.unlink(env.stats_path)
+    mark1 = len(c1.log_text())
     env.start_relay(topo, provision=False, name="relay3")
+    env.wait_tunnels(1, connector="c1", timeout=30)
+    h.wait_until(lambda: "event=tunnel_retired worker=1" in c1.log_text()[mark1:], 10,
+                 "c1 retires its link to the worker the relay no longer has")
+    time.sleep(3.0)
+    later = c1.log_text()[mark1:]
+    later = later[later.index("event=tunnel_retired worker=1"):]
+    redials = later.count("event=tunnel_retry worker=1")
+    h.check(redials <= 1, f"c1 stopped dialing worker 1 ({redials} retries in 3 s after "
+                          f"retiring it; one connect may have been in flight)")
     c2 = env.start_connector("c2", extra=["--core-map", cm2])
     env.wait_tunnels(1, connector="c2")
     h.wait_until(lambda: "event=loop_idle" in c2.log_text(), 10,
