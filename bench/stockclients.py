@@ -44,15 +44,6 @@ class StockFailed(RuntimeError):
         self.result = res
 
 
-def parse_wrk_latency(out):
-    """wrk --latency: {50: us, 75: us, 90: us, 99: us}."""
-    unit = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 6e7}
-    lat = {}
-    for p, v, u in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
-        lat[int(p)] = float(v) * unit[u]
-    return lat
-
-
 def parse_h2load(out):
     r = dict(requests=0, succeeded=0, failed=0, errored=0, timeout=0, rps=0.0, seconds=0.0,
              non2xx=0, bytes=0.0)
@@ -111,7 +102,7 @@ def run_one(stock, env, port, name, spec, size_key):
         headers = ["Connection: close"]
     rc, r, out = stock.run_wrk(url, connections=conns, seconds=seconds, threads=min(conns, 2),
                                headers=headers, script=script, timeout_s=30, latency=True)
-    r.update(tool="wrk", connections=conns, latency_us=parse_wrk_latency(out))
+    r.update(tool="wrk", connections=conns)
     if what == "dl":
         r.update(rate=r["bytes"] * 8 / r["seconds"] / 1e9 if r["seconds"] else 0.0,
                  unit="Gbit/s", bytes_moved=r["bytes"])

@@ -56,6 +56,39 @@ bool resolve(const std::string& hp, sockaddr_storage* ss, socklen_t* len) {
     freeaddrinfo(res);
     return true;
 }
+
+// Prometheus text of the connector counters (values in connector_counter order); `loops` > 0
+// adds the loop count of a multi-loop connector.
+std::string metrics_for(const std::vector<uint64_t>& values, uint64_t config_version,
+                        std::size_t loops) {
+    std::string out;
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        std::string name(connector_counter_names[i]);
+        const bool gauge = name == "tunnels_up";
+        std::string metric = "apprelay_connector_" + name + (gauge ? "" : "_total");
+        out += "# HELP " + metric + " " + std::string(connector_counter_help[i]) + "\n";
+        out += "# TYPE " + metric + (gauge ? " gauge\n" : " counter\n");
+        out += metric + " " + std::to_string(values[i]) + "\n";
+    }
+    if (loops > 0) {
+        out += "# HELP apprelay_connector_loops data-plane loops (one pinned thread each)\n";
+        out += "# TYPE apprelay_connector_loops gauge\n";
+        out += "apprelay_connector_loops " + std::to_string(loops) + "\n";
+    }
+    out += "# HELP apprelay_connector_config_version version of the last CONFIG from the relay\n";
+    out += "# TYPE apprelay_connector_config_version gauge\n";
+    out += "apprelay_connector_config_version " + std::to_string(config_version) + "\n";
+    return out;
+}
+
+void write_file_atomically(const std::string& path, const std::string& s) {
+    std::string tmp = path + ".tmp";
+    {
+        std::ofstream f(tmp, std::ios::trunc);
+        f << s;
+    }
+    std::rename(tmp.c_str(), path.c_str());
+}
 } // namespace
 
 class agent;
@@ -759,36 +792,21 @@ std::string agent::status_json() const {
 }
 
 std::string agent::metrics_text() const {
-    std::string out;
-    for (std::size_t i = 0; i < std::size_t(connector_counter::count_); ++i) {
-        std::string name = std::string(connector_counter_names[i]);
-        const bool gauge = name == "tunnels_up";
-        std::string metric = "apprelay_connector_" + name + (gauge ? "" : "_total");
-        out += "# HELP " + metric + " " + std::string(connector_counter_help[i]) + "\n";
-        out += "# TYPE " + metric + (gauge ? " gauge\n" : " counter\n");
-        out += metric + " " + std::to_string(counters.get(i)) + "\n";
+    std::vector<uint64_t> values(std::size_t(connector_counter::count_));
+    for (std::size_t i = 0; i < values.size(); ++i) {
+        values[i] = counters.get(i);
     }
-    out += "# HELP apprelay_connector_config_version version of the last CONFIG from the relay\n";
-    out += "# TYPE apprelay_connector_config_version gauge\n";
     std::lock_guard lock(status_mu);
-    out += "apprelay_connector_config_version " + std::to_string(config_version) + "\n";
-    return out;
+    return metrics_for(values, config_version, 0);
 }
 
 void agent::write_stats() {
     if (http) {
         http->publish(metrics_text(), status_json());
     }
-    if (opts.stats_file.empty()) {
-        return;
+    if (!opts.stats_file.empty()) {
+        write_file_atomically(opts.stats_file, status_json());
     }
-    std::string s = status_json();
-    std::string tmp = opts.stats_file + ".tmp";
-    {
-        std::ofstream f(tmp, std::ios::trunc);
-        f << s;
-    }
-    std::rename(tmp.c_str(), opts.stats_file.c_str());
 }
 
 int agent::run(const std::atomic<bool>& stop) {
@@ -959,37 +977,14 @@ std::string group_status_json(const std::vector<std::unique_ptr<agent>>& loops,
                             {"streams_opened", a->counters.get(connector_counter::streams_opened)}});
     }
     nlohmann::json c = nlohmann::json::object();
-    std::string out;
     for (std::size_t i = 0; i < sum.size(); ++i) {
-        std::string name(connector_counter_names[i]);
-        c[name] = sum[i];
-        const bool gauge = name == "tunnels_up";
-        std::string metric = "apprelay_connector_" + name + (gauge ? "" : "_total");
-        out += "# HELP " + metric + " " + std::string(connector_counter_help[i]) + "\n";
-        out += "# TYPE " + metric + (gauge ? " gauge\n" : " counter\n");
-        out += metric + " " + std::to_string(sum[i]) + "\n";
+        c[std::string(connector_counter_names[i])] = sum[i];
     }
-    out += "# HELP apprelay_connector_loops data-plane loops (one pinned thread each)\n";
-    out += "# TYPE apprelay_connector_loops gauge\n";
-    out += "apprelay_connector_loops " + std::to_string(loops.size()) + "\n";
-    out += "# HELP apprelay_connector_config_version version of the last CONFIG from the relay\n";
-    out += "# TYPE apprelay_connector_config_version gauge\n";
-    out += "apprelay_connector_config_version " + std::to_string(j.value("config_version", 0)) +
-           "\n";
+    *metrics = metrics_for(sum, j.value("config_version", uint64_t(0)), loops.size());
     j["counters"] = c;
     j["tunnels_up"] = sum[std::size_t(connector_counter::tunnels_up)];
     j["loops"] = per_loop;
-    *metrics = std::move(out);
     return j.dump();
-}
-
-void write_file_atomically(const std::string& path, const std::string& s) {
-    std::string tmp = path + ".tmp";
-    {
-        std::ofstream f(tmp, std::ios::trunc);
-        f << s;
-    }
-    std::rename(tmp.c_str(), path.c_str());
 }
 
 } // namespace

@@ -9,21 +9,13 @@
 namespace apprelay::relay {
 
 namespace {
-constexpr uint64_t k_nanos_per_token = 1'000'000'000ull;
+int64_t cap_of(uint32_t burst) noexcept {
+    return int64_t(std::max<uint32_t>(burst, 1)) * int64_t(k_nanos_per_token);
+}
 
-uint64_t cap_of(uint32_t burst) noexcept { return uint64_t(std::max<uint32_t>(burst, 1)) * k_nanos_per_token; }
-
-// Adds elapsed * rate nanotokens, clamped to the cap (elapsed clamped first: no wrap).
-uint64_t filled(uint64_t tokens, uint64_t elapsed_ns, uint32_t rate, uint32_t burst) noexcept {
-    const uint64_t cap = cap_of(burst);
-    if (rate == 0) {
-        return cap;
-    }
-    uint64_t fill_ns = cap / rate + 1;
-    if (elapsed_ns >= fill_ns) {
-        return cap;
-    }
-    return std::min(cap, tokens + elapsed_ns * rate);
+// A bucket whose rate is 0 is off: always full.
+int64_t filled(int64_t tokens, uint64_t elapsed_ns, uint32_t rate, uint32_t burst) noexcept {
+    return rate == 0 ? cap_of(burst) : refill_tokens(tokens, elapsed_ns, rate, cap_of(burst));
 }
 } // namespace
 
@@ -77,26 +69,13 @@ void source_budget::refill(entry& e, uint64_t now_ns) const noexcept {
     uint64_t elapsed = now_ns - e.last_ns;
     e.last_ns = now_ns;
     e.opens = filled(e.opens, elapsed, _l.open_rate, _l.open_burst);
-    if (e.aborts < 0) {
-        // Debt is repaid first, at the same rate (elapsed clamped: no wrap).
-        uint64_t debt = uint64_t(-e.aborts);
-        uint64_t repaid = _l.abort_rate == 0 ? debt
-                          : elapsed > debt / _l.abort_rate ? debt
-                                                           : elapsed * _l.abort_rate;
-        e.aborts += int64_t(repaid);
-        if (e.aborts < 0) {
-            e.opens = filled(e.opens, elapsed, _l.open_rate, _l.open_burst);
-            return;
-        }
-        elapsed -= _l.abort_rate == 0 ? elapsed : repaid / _l.abort_rate;
-    }
-    e.aborts = int64_t(filled(uint64_t(e.aborts), elapsed, _l.abort_rate, _l.abort_burst));
+    e.aborts = filled(e.aborts, elapsed, _l.abort_rate, _l.abort_burst); // debt repaid first
 }
 
 bool source_budget::full(const entry& e, uint64_t now_ns) const noexcept {
     entry copy = e;
     refill(copy, now_ns);
-    return copy.opens >= cap_of(_l.open_burst) && copy.aborts >= int64_t(cap_of(_l.abort_burst));
+    return copy.opens >= cap_of(_l.open_burst) && copy.aborts >= cap_of(_l.abort_burst);
 }
 
 source_budget::entry* source_budget::find_or_add(const source_key& k, uint64_t now_ns) {
@@ -112,7 +91,7 @@ source_budget::entry* source_budget::find_or_add(const source_key& k, uint64_t n
             return nullptr;
         }
     }
-    auto [ins, _] = _table.emplace(k, entry{cap_of(_l.open_burst), int64_t(cap_of(_l.abort_burst)), now_ns});
+    auto [ins, _] = _table.emplace(k, entry{cap_of(_l.open_burst), cap_of(_l.abort_burst), now_ns});
     return &ins->second;
 }
 
@@ -128,10 +107,10 @@ source_budget::verdict source_budget::admit(const source_key& k, uint64_t now_ns
         return verdict::aborts_exhausted;
     }
     if (_l.open_rate != 0) {
-        if (e->opens < k_nanos_per_token) {
+        if (e->opens < int64_t(k_nanos_per_token)) {
             return verdict::opens_exhausted;
         }
-        e->opens -= k_nanos_per_token;
+        e->opens -= int64_t(k_nanos_per_token);
     }
     return verdict::admit;
 }
@@ -148,7 +127,7 @@ void source_budget::charge_abort(const source_key& k, uint64_t now_ns) {
     // bucket goes into debt (down to -burst) so that overshoot is repaid by later refusals and
     // the long-run rate stays the configured one.
     e->aborts -= int64_t(k_nanos_per_token);
-    e->aborts = std::max(e->aborts, -int64_t(cap_of(_l.abort_burst)));
+    e->aborts = std::max(e->aborts, -cap_of(_l.abort_burst));
 }
 
 void source_budget::sweep(uint64_t now_ns) {

@@ -15,6 +15,8 @@
 // (table_full), so the bound never refuses a user by itself.
 #include <sys/socket.h>
 
+#include "dataplane/base/token_bucket.hh"
+
 #include <cstdint>
 #include <string>
 #include <unordered_map>
@@ -62,7 +64,7 @@ public:
 private:
     // Tokens are kept in nanotokens (1 token = 1e9), so refill is exact in integer math.
     struct entry {
-        uint64_t opens;
+        int64_t opens;
         int64_t aborts; // may be in debt, down to -burst (charge_abort)
         uint64_t last_ns;
     };

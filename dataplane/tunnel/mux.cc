@@ -20,6 +20,8 @@
 // intrusive list. Nothing is allocated per frame once a tunnel has seen its peak stream count.
 #include "dataplane/tunnel/mux.hh"
 
+#include "dataplane/base/token_bucket.hh"
+
 #include <algorithm>
 #include <bit>
 #include <cstring>
@@ -30,7 +32,6 @@ namespace apprelay::tunnel {
 
 namespace {
 
-constexpr uint64_t k_nanos_per_token = 1'000'000'000; // bucket arithmetic in nano-tokens
 // Worst-case encoded sizes for the control FIFO (str fields are u8 length + at most 255 bytes).
 constexpr std::size_t k_str_max = 1 + 255;
 constexpr std::size_t k_open_max = k_header_size + 2 * k_str_max;
@@ -306,13 +307,8 @@ struct mux::impl {
         if (_limits.open_reset_rate == 0) {
             return;
         }
-        // Elapsed beyond the time to fill the bucket is clamped first so the product can't wrap.
-        uint64_t fill_ns = cap / _limits.open_reset_rate + 1;
-        if (elapsed >= fill_ns) {
-            _tokens = cap;
-            return;
-        }
-        _tokens = std::min(cap, _tokens + elapsed * _limits.open_reset_rate);
+        _tokens = uint64_t(refill_tokens(int64_t(_tokens), elapsed, _limits.open_reset_rate,
+                                         int64_t(cap)));
     }
 
     // Takes one token; false when the bucket is empty (nothing taken).

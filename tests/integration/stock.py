@@ -120,7 +120,7 @@ def parse_size(text):
 
 def parse_wrk(out):
     """wrk's text report -> dict(requests, seconds, rps, bytes, bytes_per_s, errors{...},
-    non2xx)."""
+    non2xx, socket_errors, latency_us)."""
     r = {"requests": 0, "seconds": 0.0, "rps": 0.0, "bytes": 0.0, "bytes_per_s": 0.0,
          "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0}, "non2xx": 0}
     m = re.search(r"(\d+) requests in ([\d.]+)(m?s|m), ([\d.]+[KMGT]?B) read", out)
@@ -144,6 +144,10 @@ def parse_wrk(out):
     if m:
         r["non2xx"] = int(m.group(1))
     r["socket_errors"] = sum(r["errors"].values())
+    # --latency percentiles, in us: {50: .., 75: .., 90: .., 99: ..} (empty without it)
+    unit = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 6e7}
+    r["latency_us"] = {int(p): float(v) * unit[u] for p, v, u in re.findall(
+        r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)}
     return r
 
 
