@@ -536,7 +536,8 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     std::vector<std::unique_ptr<relay::worker>> workers;
     for (std::size_t i = 0; i < n; ++i) {
         workers.push_back(std::make_unique<relay::worker>(uint16_t(i), uint16_t(n), &cell));
-        workers.back()->set_listeners(user_fds[i], tunnel_fds[i]);
+        workers.back()->set_listeners(io::listen_spec{.fd = user_fds[i]},
+                                      io::listen_spec{.fd = tunnel_fds[i]});
     }
     // Hand-over rings: one per ordered pair of workers.
     std::vector<std::unique_ptr<core::spsc_ring<relay::handoff_msg>>> rings(n * n);

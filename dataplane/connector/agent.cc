@@ -246,7 +246,7 @@ public:
     // Guards latest_version, config and config_version: the loop writes them (rare events), the
     // control thread reads them for the status of a multi-loop connector.
     mutable std::mutex status_mu;
-    std::unique_ptr<io::uring_loop> loop;
+    std::unique_ptr<io::loop> loop; // io_uring: the connector dials out through the kernel
     io::send_buffer_pool pool;
     std::shared_ptr<tls::client_context> tls_ctx;
     sockaddr_storage relay_addr{};
@@ -832,8 +832,8 @@ int agent::run(const std::atomic<bool>& stop) {
         log::error("io_failed", {{"reason", why}});
         return 2;
     }
+    (*l)->set_coalescing(io::uring_loop::k_coalesce_events, uint64_t(opts.io_coalesce_us) * 1000);
     loop = std::move(*l);
-    loop->set_coalescing(io::uring_loop::k_coalesce_events, uint64_t(opts.io_coalesce_us) * 1000);
     if (group != nullptr) {
         std::string pin_why;
         if (!core::pin_current_thread(group->cpus[index], &pin_why)) {

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <sys/socket.h>
 
 namespace apprelay::io {
 
@@ -19,8 +20,10 @@ struct conn_id {
 class sink {
 public:
     virtual ~sink() = default;
-    // A listener accepted fd (already non-blocking off; the owner adopts it or closes it).
-    virtual void on_accept(conn_id /*listener*/, int /*fd*/) {}
+    // A listener accepted a connection, already in the loop with no owner: the owner takes it
+    // (set_owner + start_recv) or closes it. `peer` is the remote address.
+    virtual void on_accept(conn_id /*listener*/, conn_id /*conn*/,
+                           const sockaddr_storage& /*peer*/) {}
     // Outbound connect finished: res 0 = connected, else -errno. The id stays valid either way
     // (close it on failure).
     virtual void on_connect(conn_id /*id*/, int /*res*/) {}
@@ -30,7 +33,8 @@ public:
     virtual void on_recv_end(conn_id /*id*/, int /*res*/) {}
     // A send() finished: res = bytes sent (may be short) or -errno.
     virtual void on_sent(conn_id /*id*/, int /*res*/) {}
-    // detach() finished: no operation is in flight any more; the fd now belongs to the owner.
+    // detach() finished (backends that can hand over, loop.hh): no operation is in flight any
+    // more; the fd now belongs to the owner.
     virtual void on_detached(conn_id /*id*/, int /*fd*/) {}
 };
 

@@ -4,9 +4,9 @@
 
 namespace apprelay::io {
 
-void tls_transport::rebind(uring_loop* loop, conn_id id, send_buffer_pool* pool) {
+void tls_transport::rebind(io::loop* l, conn_id id, send_buffer_pool* pool) {
     _in_flight = 0;
-    _loop = loop;
+    _loop = l;
     _id = id;
     _tls->use_chunk_pool(pool);
 }

@@ -1,13 +1,13 @@
 #pragma once
 // TLS as a transport below the stream mux: moves ciphertext between a tls::session and one socket
-// of a uring_loop, with at most one send in flight.
+// of an io::loop, with at most one send in flight.
 //
 // Zero copy between session and socket: the session buffers its output in chunks that stay in
 // place until consumed (tls/session.hh), so a send points straight at pending_output() and the
 // sent bytes are consumed only on completion. Bytes the session writes meanwhile go after them.
 // The chunks come from a per-worker pool and are held only while they hold bytes, so idle
 // connections hold none.
-#include "dataplane/io/uring/loop.hh"
+#include "dataplane/io/loop.hh"
 #include "tls/session.hh"
 
 #include <memory>
@@ -22,9 +22,9 @@ using send_buffer_pool = tls::chunk_pool;
 // first _in_flight pending bytes are with the kernel) -> consumed on completion -> pending/idle.
 class tls_transport {
 public:
-    tls_transport(uring_loop* loop, conn_id id, std::unique_ptr<tls::session> s,
+    tls_transport(io::loop* l, conn_id id, std::unique_ptr<tls::session> s,
                   send_buffer_pool* pool)
-        : _loop(loop), _id(id), _tls(std::move(s)) {
+        : _loop(l), _id(id), _tls(std::move(s)) {
         _tls->use_chunk_pool(pool);
     }
     tls_transport(const tls_transport&) = delete;
@@ -33,9 +33,8 @@ public:
     tls::session& tls() noexcept { return *_tls; }
     const tls::session& tls() const noexcept { return *_tls; }
     conn_id id() const noexcept { return _id; }
-    uring_loop* loop() const noexcept { return _loop; }
     // After a hand-over to another worker's loop (nothing may be in flight or pending).
-    void rebind(uring_loop* loop, conn_id id, send_buffer_pool* pool);
+    void rebind(io::loop* l, conn_id id, send_buffer_pool* pool);
 
     // Start a send if none is in flight and ciphertext is waiting.
     void flush();
@@ -47,7 +46,7 @@ public:
     bool idle() const noexcept { return _in_flight == 0 && _tls->pending_output_size() == 0; }
 
 private:
-    uring_loop* _loop;
+    io::loop* _loop;
     conn_id _id;
     std::unique_ptr<tls::session> _tls;
     std::size_t _in_flight = 0; // first bytes of the session's output the kernel is sending

@@ -3,6 +3,7 @@
 #include "dataplane/base/log.hh"
 #include "dataplane/base/time.hh"
 #include "dataplane/io/tunnel_pump.hh"
+#include "dataplane/io/uring/loop.hh"
 #include "dataplane/relay/routing.hh"
 #include "dataplane/tunnel/mux.hh"
 
@@ -33,11 +34,6 @@ constexpr uint64_t k_max_wait_ns = 50'000'000;
 constexpr std::size_t k_early_max = 64 * 1024;
 // Timer resolution: liveness and handshake deadlines are seconds; 10 ms ticks are plenty.
 constexpr uint64_t k_timer_tick_ns = 10'000'000;
-
-void set_nodelay(int fd) {
-    int one = 1;
-    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
 } // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -715,7 +711,10 @@ void tunnel_conn::on_hello(const tunnel::hello& h) {
         return;
     }
     _version = std::string(h.connector_version);
-    if (h.worker_index != tunnel::k_any_worker && h.worker_index != _w->_index) {
+    // A backend whose connections cannot move (dpdk: the flow hash chose the worker) keeps the
+    // tunnel here; HELLO_ACK names the worker it landed on.
+    if (h.worker_index != tunnel::k_any_worker && h.worker_index != _w->_index &&
+        _w->_loop->can_hand_over()) {
         if (h.worker_index >= _w->_worker_count) {
             _violation = "HELLO asks for a worker the relay does not have";
             return;
@@ -1030,11 +1029,11 @@ void tunnel_conn::fail(relay_counter counter, std::string_view why) {
 class worker::listener_sink final : public io::sink {
 public:
     listener_sink(worker* w, bool tunnel) : _w(w), _tunnel(tunnel) {}
-    void on_accept(io::conn_id, int fd) override {
+    void on_accept(io::conn_id, io::conn_id conn, const sockaddr_storage& peer) override {
         if (_tunnel) {
-            _w->on_tunnel_accept(fd);
+            _w->on_tunnel_accept(conn);
         } else {
-            _w->on_user_accept(fd);
+            _w->on_user_accept(conn, peer);
         }
     }
 
@@ -1105,8 +1104,7 @@ void worker::apply_config() {
     // Indices of the old snapshot are meaningless now: every tunnel re-resolves its identity
     // (revoked ones close, moved ones drain), then the routing table is rebuilt.
     _counters.add(relay_counter::config_updates);
-    _loop->set_coalescing(io::uring_loop::k_coalesce_events,
-                          uint64_t(snap().limits.io_coalesce_us) * 1000);
+    apply_coalescing();
     apply_source_limits();
     auto tunnels = _tunnels;
     for (auto* t : tunnels) {
@@ -1126,38 +1124,31 @@ void worker::wake() noexcept {
     }
 }
 
-void worker::on_user_accept(int fd) {
+void worker::on_user_accept(io::conn_id id, const sockaddr_storage& peer) {
     if (_draining) {
-        ::close(fd);
-        return;
-    }
-    sockaddr_storage peer{};
-    socklen_t peer_len = sizeof peer;
-    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
-        ::close(fd); // already reset by the peer
+        _loop->close(id);
         return;
     }
     source_key src = source_key_of(peer);
     _counters.add(relay_counter::user_conns_accepted);
     if (auto v = _sources.admit(src, _now); v != source_budget::verdict::admit) {
         throttled(src, v);
-        linger lg{1, 0}; // RST: no TLS work, no TIME_WAIT kept for a source that floods
-        ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-        ::close(fd);
+        _loop->close(id, true); // RST: no TLS work, no TIME_WAIT kept for a source that floods
         return;
     }
-    set_nodelay(fd);
-    auto id = _loop->adopt(fd, nullptr);
-    if (!id) {
-        ::close(fd);
-        return;
-    }
-    auto* u = new user_conn(this, *id, _cfg->user_tls->new_session(), src);
+    auto* u = new user_conn(this, id, _cfg->user_tls->new_session(), src);
     u->pos = _users.size();
     _users.push_back(u);
     _counters.set(relay_counter::user_conns_open, _users.size());
-    _loop->set_owner(*id, u);
-    _loop->start_recv(*id);
+    _loop->set_owner(id, u);
+    _loop->start_recv(id);
+}
+
+void worker::apply_coalescing() {
+    if (auto* u = dynamic_cast<io::uring_loop*>(_loop.get())) {
+        u->set_coalescing(io::uring_loop::k_coalesce_events,
+                          uint64_t(snap().limits.io_coalesce_us) * 1000);
+    }
 }
 
 void worker::apply_source_limits() {
@@ -1195,23 +1186,17 @@ void worker::throttled(const source_key& k, source_budget::verdict v) {
     _throttled_unlogged = 0;
 }
 
-void worker::on_tunnel_accept(int fd) {
+void worker::on_tunnel_accept(io::conn_id id) {
     if (_draining) {
-        ::close(fd);
+        _loop->close(id);
         return;
     }
-    set_nodelay(fd);
     _counters.add(relay_counter::tunnels_accepted);
-    auto id = _loop->adopt(fd, nullptr);
-    if (!id) {
-        ::close(fd);
-        return;
-    }
-    auto* t = new tunnel_conn(this, *id, _cfg->tunnel_tls->new_session());
+    auto* t = new tunnel_conn(this, id, _cfg->tunnel_tls->new_session());
     t->pos = _tunnels.size();
     _tunnels.push_back(t);
-    _loop->set_owner(*id, t);
-    _loop->start_recv(*id);
+    _loop->set_owner(id, t);
+    _loop->start_recv(id);
 }
 
 void worker::mark_dirty(tunnel_conn* t) {
@@ -1379,18 +1364,26 @@ void worker::drain_step(bool deadline_passed) {
 }
 
 bool worker::run(const std::atomic<bool>& stop, std::string* why) {
-    auto l = io::uring_loop::create(io::loop_options{}, why);
-    if (!l) {
-        return false;
+    if (_make_loop) {
+        auto l = _make_loop(_index, why);
+        if (!l) {
+            return false;
+        }
+        _loop = std::move(*l);
+    } else {
+        auto l = io::uring_loop::create(io::loop_options{}, why);
+        if (!l) {
+            return false;
+        }
+        _loop = std::move(*l);
     }
-    _loop = std::move(*l);
     _now = mono_ns();
     _wheel = std::make_unique<core::timer_wheel>(k_timer_tick_ns, _now);
     _loop->set_wake_handler([this] { drain_handoffs(); });
     _user_listener = std::make_unique<listener_sink>(this, false);
     _tunnel_listener = std::make_unique<listener_sink>(this, true);
-    auto ul = _loop->listen(_user_listen_fd, _user_listener.get());
-    auto tl = _loop->listen(_tunnel_listen_fd, _tunnel_listener.get());
+    auto ul = _loop->listen(_user_listen, _user_listener.get());
+    auto tl = _loop->listen(_tunnel_listen, _tunnel_listener.get());
     if (!ul || !tl) {
         *why = "cannot arm listeners";
         return false;
@@ -1398,8 +1391,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
     _user_listen_id = *ul;
     _tunnel_listen_id = *tl;
 
-    _loop->set_coalescing(io::uring_loop::k_coalesce_events,
-                          uint64_t(snap().limits.io_coalesce_us) * 1000);
+    apply_coalescing();
     apply_source_limits();
     uint64_t drain_deadline = 0;
     for (;;) {

@@ -9,13 +9,14 @@
 #include "dataplane/core/spsc_ring.hh"
 #include "dataplane/core/timer_wheel.hh"
 #include "dataplane/io/tls_transport.hh"
-#include "dataplane/io/uring/loop.hh"
+#include "dataplane/io/loop.hh"
 #include "dataplane/relay/counters.hh"
 #include "dataplane/relay/source_budget.hh"
 #include "dataplane/relay/snapshot.hh"
 #include "tls/context.hh"
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,12 +57,18 @@ public:
     worker(const worker&) = delete;
     worker& operator=(const worker&) = delete;
 
-    // Wiring, before run(): listening sockets (already bound with SO_REUSEPORT) and the rings to
-    // and from the other workers (inbound[i] is the ring from worker i, outbound[i] to worker i).
-    void set_listeners(int user_fd, int tunnel_fd) {
-        _user_listen_fd = user_fd;
-        _tunnel_listen_fd = tunnel_fd;
+    // Wiring, before run(): the listeners (uring: sockets already bound with SO_REUSEPORT), the
+    // I/O backend, and the rings to and from the other workers (inbound[i] is the ring from
+    // worker i, outbound[i] to worker i).
+    void set_listeners(io::listen_spec user, io::listen_spec tunnel) {
+        _user_listen = user;
+        _tunnel_listen = tunnel;
     }
+    // Makes this worker's loop, on the worker thread (io_uring and DPDK queues are per thread).
+    // Without one the worker runs on io_uring.
+    using loop_factory = std::function<result<std::unique_ptr<io::loop>>(uint16_t worker,
+                                                                         std::string* why)>;
+    void set_loop_factory(loop_factory f) { _make_loop = std::move(f); }
     void set_peers(std::vector<worker*> peers, std::vector<core::spsc_ring<handoff_msg>*> inbound,
                    std::vector<core::spsc_ring<handoff_msg>*> outbound);
 
@@ -80,11 +87,13 @@ private:
     friend class user_conn;
     class listener_sink;
 
-    void on_user_accept(int fd);
+    void on_user_accept(io::conn_id id, const sockaddr_storage& peer);
     // [limits] source_*: this worker's share (configured / workers), from the snapshot.
     void apply_source_limits();
     void throttled(const source_key& k, source_budget::verdict v);
-    void on_tunnel_accept(int fd);
+    void on_tunnel_accept(io::conn_id id);
+    // [limits] io_coalesce_us, where the backend has completion coalescing (uring).
+    void apply_coalescing();
     void drain_handoffs();
     void service_dirty();
     void reap();
@@ -111,7 +120,8 @@ private:
     config_cell::reader _cfg;
     core::spsc_ring<tunnel_event> _events;
     std::vector<tunnel_event> _event_backlog; // ring full: kept in order, retried each loop
-    std::unique_ptr<io::uring_loop> _loop;
+    loop_factory _make_loop;
+    std::unique_ptr<io::loop> _loop;
     std::unique_ptr<core::timer_wheel> _wheel; // created on the worker thread in run()
     io::send_buffer_pool _pool;
     relay_counter_block _counters;
@@ -119,8 +129,8 @@ private:
     std::unique_ptr<listener_sink> _tunnel_listener;
     io::conn_id _user_listen_id{};
     io::conn_id _tunnel_listen_id{};
-    int _user_listen_fd = -1;
-    int _tunnel_listen_fd = -1;
+    io::listen_spec _user_listen;
+    io::listen_spec _tunnel_listen;
     std::vector<worker*> _peers;
     std::vector<core::spsc_ring<handoff_msg>*> _inbound;
     std::vector<core::spsc_ring<handoff_msg>*> _outbound;

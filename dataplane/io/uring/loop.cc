@@ -185,8 +185,11 @@ const uring_loop::slot* uring_loop::live(conn_id id) const {
     return const_cast<uring_loop*>(this)->live(id);
 }
 
-result<conn_id> uring_loop::listen(int listen_fd, sink* owner) {
-    auto r = alloc_slot(listen_fd, owner);
+result<conn_id> uring_loop::listen(const listen_spec& spec, sink* owner) {
+    if (spec.fd < 0) {
+        return error(errc::invalid_argument, "uring listener needs a bound socket");
+    }
+    auto r = alloc_slot(spec.fd, owner);
     if (!r) {
         return r.err();
     }
@@ -350,11 +353,6 @@ void uring_loop::set_owner(conn_id id, sink* owner) {
     }
 }
 
-int uring_loop::fd_of(conn_id id) const {
-    const slot* s = live(id);
-    return s ? s->fd : -1;
-}
-
 void uring_loop::maybe_release(uint32_t index) {
     slot& s = _slots[index];
     if (!s.in_use || !(s.closing || s.detaching) || s.inflight != 0) {
@@ -380,6 +378,24 @@ void uring_loop::maybe_release(uint32_t index) {
     if (detaching && owner != nullptr) {
         owner->on_detached(id, fd);
     }
+}
+
+void uring_loop::accepted(conn_id listener, int fd) {
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof peer;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
+        ::close(fd); // already reset by the peer
+        return;
+    }
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    auto r = alloc_slot(fd, nullptr);
+    if (!r) {
+        ::close(fd);
+        return;
+    }
+    conn_id id{*r, _slots[*r].gen};
+    _slots[listener.index].owner->on_accept(listener, id, peer);
 }
 
 void uring_loop::wake() noexcept {
@@ -432,7 +448,7 @@ void uring_loop::dispatch(uint64_t ud, int res, uint32_t flags) {
         }
         if (res >= 0) {
             if (active()) {
-                s.owner->on_accept(id, res);
+                accepted(id, res); // may grow _slots: `s` is not used after this
             } else {
                 ::close(res);
             }

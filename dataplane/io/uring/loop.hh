@@ -6,7 +6,7 @@
 // Socket slot state: free -> open (recv armed or not, at most one send in flight) ->
 // closing/detaching (owner gets no callbacks; waits for in-flight ops) -> free.
 #include "dataplane/base/result.hh"
-#include "dataplane/io/sink.hh"
+#include "dataplane/io/loop.hh"
 
 #include <atomic>
 #include <cstdint>
@@ -35,42 +35,40 @@ struct loop_stats {
     uint64_t coalesce_waits = 0; // second waits for more completions (set_coalescing)
 };
 
-class uring_loop {
+class uring_loop final : public loop {
 public:
     static result<std::unique_ptr<uring_loop>> create(const loop_options& opts, std::string* why);
-    ~uring_loop();
+    ~uring_loop() override;
     uring_loop(const uring_loop&) = delete;
     uring_loop& operator=(const uring_loop&) = delete;
 
-    // Listening socket prepared by the caller (bound, listening). Multishot accept.
-    result<conn_id> listen(int listen_fd, sink* owner);
-    // Take an fd (accepted or handed over from another worker) into the loop.
-    result<conn_id> adopt(int fd, sink* owner);
-    // Non-blocking connect to addr; on_connect reports the outcome.
-    result<conn_id> connect(const sockaddr* addr, socklen_t len, sink* owner);
+    std::string_view backend() const noexcept override { return "uring"; }
+    // spec.fd: a listening socket prepared by the caller (bound, listening). Multishot accept;
+    // accepted sockets get TCP_NODELAY (our framing batches on its own) and their peer address.
+    result<conn_id> listen(const listen_spec& spec, sink* owner) override;
+    // Take an fd (handed over from another worker) into the loop.
+    result<conn_id> adopt(int fd, sink* owner) override;
+    result<conn_id> connect(const sockaddr* addr, socklen_t len, sink* owner) override;
 
-    void start_recv(conn_id id);
-    void pause_recv(conn_id id);
-    bool recv_wanted(conn_id id) const;
-    // At most one send in flight per socket (bytes stay in order); data must stay valid and
-    // unchanged until on_sent. Returns false if one is already in flight or the id is stale.
-    bool send(conn_id id, std::span<const std::byte> data);
-    bool send_in_flight(conn_id id) const;
-    // Close: no callbacks afterwards. abort = RST (SO_LINGER 0) so the peer sees a reset, not a
-    // clean end of stream. A send still in flight is cancelled by the next run_once, and the
-    // kernel may read its data until that run_once returns: keep the data until then (the relay
-    // worker and the connector free closed connections right after their next run_once).
-    void close(conn_id id, bool abort = false);
+    void start_recv(conn_id id) override;
+    void pause_recv(conn_id id) override;
+    bool recv_wanted(conn_id id) const override;
+    // One send in flight; a short completion is a short kernel write.
+    bool send(conn_id id, std::span<const std::byte> data) override;
+    bool send_in_flight(conn_id id) const override;
+    // abort = RST (SO_LINGER 0). A send still in flight is cancelled by the next run_once, and
+    // the kernel may read its data until that run_once returns (loop.hh).
+    using loop::close;
+    void close(conn_id id, bool abort) override;
     // shutdown(SHUT_WR) now (synchronous, cheap).
-    void shutdown_write(conn_id id);
-    // Stop all operations and give the fd back through on_detached (for hand-over between workers).
-    void detach(conn_id id);
-    void set_owner(conn_id id, sink* owner);
-    int fd_of(conn_id id) const;
+    void shutdown_write(conn_id id) override;
+    bool can_hand_over() const noexcept override { return true; }
+    // Stop all operations and give the fd back through on_detached.
+    void detach(conn_id id) override;
+    void set_owner(conn_id id, sink* owner) override;
 
-    // Submit queued SQEs, wait up to timeout_ns for at least one completion (0 = poll), dispatch
-    // every available completion. Returns completions dispatched.
-    unsigned run_once(uint64_t timeout_ns);
+    // Submits queued SQEs in one io_uring_submit_and_wait (loop.hh for the contract).
+    unsigned run_once(uint64_t timeout_ns) override;
     // Completion coalescing (interrupt moderation): when run_once had to block and woke with
     // fewer than min_events completions, it waits up to window_ns more for min_events before
     // dispatching -- but only while many flows are active (at least k_coalesce_min_flows
@@ -85,12 +83,11 @@ public:
         _coalesce_min = min_events < 2 ? 2 : min_events;
         _coalesce_ns = window_ns;
     }
-    // Thread-safe: makes a waiting run_once return soon and calls the wake handler on the loop.
-    void wake() noexcept;
-    void set_wake_handler(std::function<void()> fn) { _on_wake = std::move(fn); }
+    void wake() noexcept override;
+    void set_wake_handler(std::function<void()> fn) override { _on_wake = std::move(fn); }
 
     const loop_stats& stats() const noexcept { return _stats; }
-    std::size_t open_sockets() const noexcept { return _open; }
+    std::size_t open_sockets() const noexcept override { return _open; }
 
 private:
     uring_loop() = default;
@@ -105,6 +102,7 @@ private:
     void submit_cancel(uint32_t index, op o);
     void dispatch(uint64_t user_data, int res, uint32_t flags);
     void maybe_release(uint32_t index);
+    void accepted(conn_id listener, int fd);
     result<uint32_t> alloc_slot(int fd, sink* owner);
     slot* live(conn_id id);
     const slot* live(conn_id id) const;

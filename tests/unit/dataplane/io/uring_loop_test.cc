@@ -33,13 +33,17 @@ int listen_loopback(uint16_t* port) {
 
 struct recorder : sink {
     uring_loop* loop = nullptr;
-    std::vector<int> accepted;
+    std::vector<conn_id> accepted;
+    std::vector<sockaddr_storage> peers;
     std::vector<conn_id> connected;
     int connect_res = 1;
     std::string received;
     int recv_end = 1;
     std::vector<int> sent;
-    void on_accept(conn_id, int fd) override { accepted.push_back(fd); }
+    void on_accept(conn_id, conn_id c, const sockaddr_storage& peer) override {
+        accepted.push_back(c);
+        peers.push_back(peer);
+    }
     void on_connect(conn_id id, int res) override {
         connect_res = res;
         connected.push_back(id);
@@ -73,7 +77,7 @@ TEST(uring_loop, accepts_connects_and_moves_bytes_in_order) {
     uint16_t port = 0;
     int lfd = listen_loopback(&port);
     recorder server, client;
-    ASSERT_TRUE(loop->listen(lfd, &server).ok());
+    ASSERT_TRUE(loop->listen(listen_spec{.fd = lfd}, &server).ok());
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
@@ -82,8 +86,13 @@ TEST(uring_loop, accepts_connects_and_moves_bytes_in_order) {
     ASSERT_TRUE(cid.ok());
     ASSERT_TRUE(
         run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
-    auto sid = loop->adopt(server.accepted[0], &server);
-    ASSERT_TRUE(sid.ok());
+    // The accepted connection arrives in the loop with its peer's address and no owner.
+    result<conn_id> sid = server.accepted[0];
+    ASSERT_EQ(server.peers[0].ss_family, AF_INET);
+    const auto* peer = reinterpret_cast<const sockaddr_in*>(&server.peers[0]);
+    EXPECT_EQ(ntohl(peer->sin_addr.s_addr), INADDR_LOOPBACK);
+    EXPECT_NE(peer->sin_port, htons(port)) << "the peer is the client's port, not ours";
+    loop->set_owner(*sid, &server);
     loop->start_recv(*sid);
 
     // 1 MiB in 64 KiB sends, one in flight at a time: more data than the 64 x 4 KiB buffer ring
@@ -138,7 +147,7 @@ TEST(uring_loop, paused_receive_delivers_nothing_until_resumed) {
     uint16_t port = 0;
     int lfd = listen_loopback(&port);
     recorder server, client;
-    ASSERT_TRUE(loop->listen(lfd, &server).ok());
+    ASSERT_TRUE(loop->listen(listen_spec{.fd = lfd}, &server).ok());
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
@@ -146,7 +155,8 @@ TEST(uring_loop, paused_receive_delivers_nothing_until_resumed) {
     auto cid = loop->connect(reinterpret_cast<sockaddr*>(&a), sizeof a, &client);
     ASSERT_TRUE(
         run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
-    auto sid = loop->adopt(server.accepted[0], &server);
+    result<conn_id> sid = server.accepted[0];
+    loop->set_owner(*sid, &server);
     loop->start_recv(*sid);
     loop->pause_recv(*sid);
     loop->run_once(0);
@@ -164,7 +174,7 @@ TEST(uring_loop, abortive_close_resets_the_peer) {
     uint16_t port = 0;
     int lfd = listen_loopback(&port);
     recorder server, client;
-    ASSERT_TRUE(loop->listen(lfd, &server).ok());
+    ASSERT_TRUE(loop->listen(listen_spec{.fd = lfd}, &server).ok());
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
@@ -172,7 +182,8 @@ TEST(uring_loop, abortive_close_resets_the_peer) {
     auto cid = loop->connect(reinterpret_cast<sockaddr*>(&a), sizeof a, &client);
     ASSERT_TRUE(
         run_until(*loop, [&] { return client.connect_res == 0 && !server.accepted.empty(); }));
-    auto sid = loop->adopt(server.accepted[0], &server);
+    result<conn_id> sid = server.accepted[0];
+    loop->set_owner(*sid, &server);
     loop->start_recv(*cid);
     loop->close(*sid, /*abort=*/true);
     ASSERT_TRUE(run_until(*loop, [&] { return client.recv_end != 1; }));
@@ -242,8 +253,8 @@ struct connect_tally : sink {
     int ok = 0;
     int failed = 0;
     int last_error = 0;
-    std::vector<int> accepted;
-    void on_accept(conn_id, int fd) override { accepted.push_back(fd); }
+    std::vector<conn_id> accepted;
+    void on_accept(conn_id, conn_id c, const sockaddr_storage&) override { accepted.push_back(c); }
     void on_connect(conn_id, int res) override {
         if (res == 0) {
             ++ok;
@@ -260,7 +271,7 @@ TEST(uring_loop, many_connects_queued_in_one_pass_all_connect) {
     int lfd = listen_loopback(&port);
     ASSERT_EQ(::listen(lfd, 4096), 0);
     connect_tally t;
-    ASSERT_TRUE(loop->listen(lfd, &t).ok());
+    ASSERT_TRUE(loop->listen(listen_spec{.fd = lfd}, &t).ok());
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -271,9 +282,10 @@ TEST(uring_loop, many_connects_queued_in_one_pass_all_connect) {
     }
     run_until(*loop, [&] { return t.ok + t.failed == k_conns; }, 2000);
     EXPECT_EQ(t.ok, k_conns) << t.failed << " failed, last: " << std::strerror(-t.last_error);
-    for (int fd : t.accepted) {
-        ::close(fd);
+    for (conn_id c : t.accepted) {
+        loop->close(c);
     }
+    run_until(*loop, [&] { return loop->open_sockets() <= 1u + k_conns; });
 }
 
 TEST(uring_loop, coalescing_waits_for_more_completions_while_many_flows_are_active) {
