@@ -96,7 +96,9 @@ def body(env):
     ab = next(json.loads(x) for x in r.stdout.splitlines() if x.startswith("{"))
     h.check(ab["aborted"] >= 9000, f"{ab['aborted']} of 10000 streams aborted mid-response "
                                    f"in {ab['seconds']:.1f} s ({ab['failed']} failed)")
-    h.check(ab["seconds"] <= 15, f"aborts took {ab['seconds']:.1f} s (about 1,000/s)")
+    # Paced at 1,000/s: 10 s when nothing stalls. The bound catches stalls (a tunnel or worker
+    # held up by aborts), not speed: a shared 2-cpu host with a build beside it took 15.4 s.
+    h.check(ab["seconds"] <= 30, f"aborts took {ab['seconds']:.1f} s (paced at 1,000/s)")
     br = bulk_result.get("r")
     h.check(bulk_result.get("rc") == 0 and br and br["failed"] == 0 and br["requests"] > 0,
             f"the other user's stream echoed {br and br['requests']} x 1 MiB byte-exact "
