@@ -1,5 +1,6 @@
 #include "control/settings.hh"
 
+#include <arpa/inet.h>
 #include <filesystem>
 #include <fmt/format.h>
 #include <toml++/toml.h>
@@ -90,6 +91,96 @@ bool get_bool(const toml::table& t, const char* section, const char* key, bool* 
     return true;
 }
 
+bool get_str_list(const toml::table& t, const char* section, const char* key,
+                  std::vector<std::string>* out, std::string* why) {
+    auto node = t[key];
+    if (!node) {
+        return true;
+    }
+    const toml::array* a = node.as_array();
+    if (a == nullptr) {
+        *why = fmt::format("{}.{}: expected an array of strings", section, key);
+        return false;
+    }
+    out->clear();
+    for (const auto& e : *a) {
+        auto v = e.value<std::string>();
+        if (!v || !e.is_string()) {
+            *why = fmt::format("{}.{}: expected an array of strings", section, key);
+            return false;
+        }
+        out->push_back(*v);
+    }
+    return true;
+}
+
+std::string host_of(const std::string& host_port) {
+    return host_port.substr(0, host_port.rfind(':'));
+}
+
+bool load_dpdk(const toml::table& t, relay_settings& s, std::string* why) {
+    auto& d = s.dpdk;
+    if (!known_keys(t, "dpdk",
+                    {"lcores", "allow", "vdev", "file_prefix", "no_huge", "memory_mb", "no_pci",
+                     "port", "address", "gateway", "mtu"},
+                    why) ||
+        !get_str(t, "dpdk", "lcores", &d.lcores, why) ||
+        !get_str_list(t, "dpdk", "allow", &d.allow, why) ||
+        !get_str_list(t, "dpdk", "vdev", &d.vdev, why) ||
+        !get_str(t, "dpdk", "file_prefix", &d.file_prefix, why) ||
+        !get_bool(t, "dpdk", "no_huge", &d.no_huge, why) ||
+        !get_u32(t, "dpdk", "memory_mb", &d.memory_mb, 64, 1u << 20, why) ||
+        !get_bool(t, "dpdk", "no_pci", &d.no_pci, why) ||
+        !get_str(t, "dpdk", "port", &d.port, why) ||
+        !get_str(t, "dpdk", "address", &d.address, why) ||
+        !get_str(t, "dpdk", "gateway", &d.gateway, why) ||
+        !get_u32(t, "dpdk", "mtu", &d.mtu, 576, 9000, why)) {
+        return false;
+    }
+    if (s.io != "dpdk") {
+        return true;
+    }
+    auto slash = d.address.find('/');
+    if (d.address.empty() || slash == std::string::npos ||
+        !parse_ipv4(d.address.substr(0, slash), &d.ipv4)) {
+        *why = fmt::format("dpdk.address: '{}' is not A.B.C.D/PREFIX (required with relay.io = "
+                           "\"dpdk\")",
+                           d.address);
+        return false;
+    }
+    const std::string len = d.address.substr(slash + 1);
+    if (len.empty() || len.size() > 2 || len.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoi(len) < 1 || std::stoi(len) > 32) {
+        *why = fmt::format("dpdk.address: prefix '/{}' outside 1..32", len);
+        return false;
+    }
+    d.prefix_len = uint8_t(std::stoi(len));
+    if (!d.gateway.empty() && !parse_ipv4(d.gateway, &d.gateway_ipv4)) {
+        *why = fmt::format("dpdk.gateway: '{}' is not A.B.C.D", d.gateway);
+        return false;
+    }
+    if (d.no_huge && d.memory_mb == 0) {
+        *why = "dpdk.memory_mb: required with dpdk.no_huge (EAL -m), e.g. 256";
+        return false;
+    }
+    if (d.file_prefix.empty() || d.file_prefix.find('/') != std::string::npos) {
+        *why = "dpdk.file_prefix: a non-empty name without '/'";
+        return false;
+    }
+    const std::string own = d.address.substr(0, slash);
+    for (auto [key, value] : {std::pair{"user_listen", &s.user_listen},
+                              std::pair{"tunnel_listen", &s.tunnel_listen}}) {
+        const std::string host = host_of(*value);
+        if (host != "0.0.0.0" && host != own) {
+            *why = fmt::format("relay.{}: '{}' is on the DPDK port (relay.io = \"dpdk\"): its "
+                               "host must be 0.0.0.0 or dpdk.address {}",
+                               key, *value, own);
+            return false;
+        }
+    }
+    return true;
+}
+
 bool load_tls(const toml::table& t, relay_settings& s, std::string* why) {
     if (!known_keys(t, "tls",
                     {"user_ciphersuites", "user_groups", "tunnel_ciphersuites", "tunnel_groups",
@@ -125,6 +216,15 @@ bool load_tls(const toml::table& t, relay_settings& s, std::string* why) {
 
 } // namespace
 
+bool parse_ipv4(const std::string& text, uint32_t* out) {
+    in_addr a{};
+    if (::inet_pton(AF_INET, text.c_str(), &a) != 1) {
+        return false;
+    }
+    *out = ntohl(a.s_addr);
+    return true;
+}
+
 bool load_settings(const std::string& path, relay_settings* out, std::string* why) {
     toml::table root;
     try {
@@ -137,7 +237,7 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
     relay_settings s;
     for (const auto& [k, v] : root) {
         if (k.str() != "relay" && k.str() != "admin" && k.str() != "connectors" &&
-            k.str() != "limits" && k.str() != "tls") {
+            k.str() != "limits" && k.str() != "tls" && k.str() != "dpdk") {
             *why = fmt::format("[{}]: unknown section (tenants, groups, connectors and apps live "
                                "in the store: use apprelayctl)",
                                k.str());
@@ -152,14 +252,19 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
     }
     if (!known_keys(*r, "relay",
                     {"user_listen", "tunnel_listen", "enroll_listen", "state_dir", "server_name",
-                     "core_map"},
+                     "core_map", "io"},
                     why) ||
         !get_str(*r, "relay", "user_listen", &s.user_listen, why) ||
         !get_str(*r, "relay", "tunnel_listen", &s.tunnel_listen, why) ||
         !get_str(*r, "relay", "enroll_listen", &s.enroll_listen, why) ||
         !get_str(*r, "relay", "state_dir", &s.state_dir, why) ||
         !get_str(*r, "relay", "server_name", &s.server_name, why) ||
-        !get_str(*r, "relay", "core_map", &s.core_map, why)) {
+        !get_str(*r, "relay", "core_map", &s.core_map, why) ||
+        !get_str(*r, "relay", "io", &s.io, why)) {
+        return false;
+    }
+    if (s.io != "uring" && s.io != "dpdk") {
+        *why = fmt::format("relay.io: '{}' is not \"uring\" or \"dpdk\"", s.io);
         return false;
     }
     for (auto [key, value] :
@@ -246,6 +351,10 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
     }
     const toml::table* tt = root["tls"].as_table();
     if (!load_tls(tt != nullptr ? *tt : empty, s, why)) {
+        return false;
+    }
+    const toml::table* dt = root["dpdk"].as_table();
+    if (!load_dpdk(dt != nullptr ? *dt : empty, s, why)) {
         return false;
     }
     if (lim.ping_timeout_ms <= lim.ping_interval_ms) {

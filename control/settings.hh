@@ -8,8 +8,32 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace apprelay::control {
+
+// [dpdk]: the kernel-bypass data path (used when [relay] io = "dpdk"). The user and tunnel
+// listeners move onto the DPDK port (their HOST must be 0.0.0.0 or `address`); enrollment and
+// the admin API stay on kernel sockets (the management network).
+struct dpdk_settings {
+    std::string lcores;            // EAL -l; empty: the control cpu plus the core map's workers
+    std::vector<std::string> allow; // EAL -a: PCI addresses of ports to use
+    std::vector<std::string> vdev;  // EAL --vdev: virtual ports (net_tap0,iface=..., net_af_packet0,iface=...)
+    std::string file_prefix = "apprelay"; // EAL --file-prefix: one per DPDK process on a host
+    bool no_huge = false;          // EAL --no-huge (needs memory_mb): machines without hugepages
+    uint32_t memory_mb = 0;        // EAL -m
+    bool no_pci = false;           // EAL --no-pci: virtual ports only
+    std::string port;              // ethdev name or PCI address; empty: the first port
+    std::string address;           // the relay's IPv4 on the port, A.B.C.D/prefix
+    std::string gateway;           // next hop for off-link peers (empty: on-link only)
+    uint32_t mtu = 1500;
+    uint32_t ipv4 = 0;             // parsed from address (host order)
+    uint8_t prefix_len = 0;
+    uint32_t gateway_ipv4 = 0;
+};
+
+// "A.B.C.D" -> host-order address; false if it is not a dotted quad.
+bool parse_ipv4(const std::string& text, uint32_t* out);
 
 struct relay_settings {
     std::string user_listen = "127.0.0.1:8443";
@@ -18,6 +42,8 @@ struct relay_settings {
     std::string state_dir = "/var/lib/apprelay"; // apprelay.db, rendered PEMs
     std::string server_name = "apprelay-relay";  // SAN of the relay's server certificate
     std::string core_map;                        // empty: control=0 + a worker per other cpu
+    std::string io = "uring"; // data-plane I/O backend: "uring" (kernel sockets) or "dpdk"
+    dpdk_settings dpdk;
 
     std::string admin_socket; // default <state_dir>/admin.sock
     std::string admin_listen; // optional loopback TCP HOST:PORT (bearer token required)

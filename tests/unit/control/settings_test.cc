@@ -159,3 +159,51 @@ source_abort_burst = 20
     EXPECT_NE(load(k_relay + "[limits]\nsource_abort_burst = 0\n").find("limits.source_abort_burst"),
               std::string::npos);
 }
+
+TEST_F(settings, dpdk_backend_is_read_and_checked) {
+    control::relay_settings s;
+    ASSERT_EQ(load("[relay]\nstate_dir = \"s\"\n", &s), "");
+    EXPECT_EQ(s.io, "uring") << "kernel sockets stay the default";
+
+    ASSERT_EQ(load(R"([relay]
+io = "dpdk"
+user_listen = "0.0.0.0:443"
+tunnel_listen = "198.18.0.1:8444"
+[dpdk]
+vdev = ["net_tap0,iface=arl0"]
+no_huge = true
+memory_mb = 256
+no_pci = true
+file_prefix = "relay1"
+address = "198.18.0.1/24"
+gateway = "198.18.0.254"
+mtu = 1500
+)",
+                   &s),
+              "");
+    EXPECT_EQ(s.io, "dpdk");
+    ASSERT_EQ(s.dpdk.vdev.size(), 1u);
+    EXPECT_EQ(s.dpdk.vdev[0], "net_tap0,iface=arl0");
+    EXPECT_TRUE(s.dpdk.no_huge);
+    EXPECT_EQ(s.dpdk.memory_mb, 256u);
+    EXPECT_EQ(s.dpdk.ipv4, (198u << 24) | (18u << 16) | 1u);
+    EXPECT_EQ(s.dpdk.prefix_len, 24);
+    EXPECT_EQ(s.dpdk.gateway_ipv4, (198u << 24) | (18u << 16) | 254u);
+
+    const std::string head = "[relay]\nio = \"dpdk\"\nuser_listen = \"0.0.0.0:1\"\n"
+                             "tunnel_listen = \"0.0.0.0:2\"\n[dpdk]\n";
+    EXPECT_NE(load("[relay]\nio = \"xdp\"\n").find("relay.io"), std::string::npos);
+    EXPECT_NE(load(head).find("dpdk.address"), std::string::npos) << "address is required";
+    EXPECT_NE(load(head + "address = \"198.18.0.1\"\n").find("dpdk.address"), std::string::npos);
+    EXPECT_NE(load(head + "address = \"198.18.0.1/33\"\n").find("prefix"), std::string::npos);
+    EXPECT_NE(load(head + "address = \"198.18.0.1/24\"\nno_huge = true\n").find("dpdk.memory_mb"),
+              std::string::npos);
+    EXPECT_NE(load(head + "address = \"198.18.0.1/24\"\nvdev = \"net_tap0\"\n")
+                  .find("dpdk.vdev: expected an array"),
+              std::string::npos);
+    EXPECT_NE(load(head + "address = \"198.18.0.1/24\"\nhugepages = 1\n").find("dpdk.hugepages"),
+              std::string::npos);
+    auto wrong_host = load("[relay]\nio = \"dpdk\"\nuser_listen = \"127.0.0.1:1\"\n"
+                           "tunnel_listen = \"0.0.0.0:2\"\n[dpdk]\naddress = \"198.18.0.1/24\"\n");
+    EXPECT_NE(wrong_host.find("relay.user_listen"), std::string::npos) << wrong_host;
+}
