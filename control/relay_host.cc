@@ -3,6 +3,7 @@
 #include "control/admin/http_server.hh"
 #include "control/admin/metrics.hh"
 #include "control/api/api.hh"
+#include "control/dpdk_backend.hh"
 #include "control/enroll/server.hh"
 #include "control/settings.hh"
 #include "control/snapshot_build.hh"
@@ -57,6 +58,11 @@ uint16_t port_of(const sockaddr_storage& ss) {
         return ntohs(reinterpret_cast<const sockaddr_in6&>(ss).sin6_port);
     }
     return ntohs(reinterpret_cast<const sockaddr_in&>(ss).sin_port);
+}
+
+// The PORT of a HOST:PORT the settings already checked.
+uint16_t port_of_host_port(const std::string& hp) {
+    return uint16_t(std::stoul(hp.substr(hp.rfind(':') + 1)));
 }
 
 void set_port(sockaddr_storage* ss, uint16_t port) {
@@ -152,6 +158,7 @@ public:
 
     void set_status(nlohmann::json status) { _status = std::move(status); }
     void set_admin(std::unique_ptr<http_server> admin) { _admin = std::move(admin); }
+    void set_dpdk(const dpdk_backend* d) { _dpdk = d; }
     http_response handle(const http_request& r);
     void tick(); // one control loop iteration (admin requests, events, snapshot, status)
     void finish();
@@ -170,6 +177,7 @@ private:
     relay::config_cell* _cell;
     const std::vector<std::unique_ptr<relay::worker>>* _workers;
     std::unique_ptr<http_server> _admin;
+    const dpdk_backend* _dpdk = nullptr;
     std::unordered_map<std::string, connector_live> _live;
     nlohmann::json _status;
     uint64_t _version;
@@ -332,7 +340,11 @@ std::string control_plane::metrics() {
     }
     in.config_version = _version;
     in.uptime_s = uint64_t(unix_now() - _started);
-    return render_prometheus(in);
+    std::string text = render_prometheus(in);
+    if (_dpdk != nullptr) {
+        text += _dpdk->metrics();
+    }
+    return text;
 }
 
 nlohmann::json control_plane::stats() {
@@ -356,6 +368,9 @@ nlohmann::json control_plane::stats() {
     j["connectors"] = conns;
     j["config_version"] = _version;
     j["config_stale"] = _stale;
+    if (_dpdk != nullptr) {
+        j["dpdk"] = _dpdk->stats();
+    }
     return j;
 }
 
@@ -498,8 +513,20 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
 
     std::vector<int> user_fds, tunnel_fds;
     uint16_t user_port = 0, tunnel_port = 0, enroll_port = 0;
-    if (!make_listeners(settings.user_listen, n, &user_fds, &user_port, &why) ||
-        !make_listeners(settings.tunnel_listen, n, &tunnel_fds, &tunnel_port, &why)) {
+    // Declared before the workers: their loops use its port's queues, so it goes after them.
+    std::unique_ptr<dpdk_backend> dpdk;
+    if (settings.io == "dpdk") {
+        // User and tunnel listeners live in each worker's user-space stack, on the port's address.
+        user_port = port_of_host_port(settings.user_listen);
+        tunnel_port = port_of_host_port(settings.tunnel_listen);
+        dpdk = dpdk_backend::start(settings, *cm, &why);
+        if (!dpdk) {
+            log::error("dpdk_failed", {{"reason", why}});
+            return 2;
+        }
+        log::info("dpdk_port", {{"port", dpdk->describe().dump()}});
+    } else if (!make_listeners(settings.user_listen, n, &user_fds, &user_port, &why) ||
+               !make_listeners(settings.tunnel_listen, n, &tunnel_fds, &tunnel_port, &why)) {
         log::error("listen_failed", {{"reason", why}});
         return 2;
     }
@@ -536,8 +563,14 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     std::vector<std::unique_ptr<relay::worker>> workers;
     for (std::size_t i = 0; i < n; ++i) {
         workers.push_back(std::make_unique<relay::worker>(uint16_t(i), uint16_t(n), &cell));
-        workers.back()->set_listeners(io::listen_spec{.fd = user_fds[i]},
-                                      io::listen_spec{.fd = tunnel_fds[i]});
+        if (dpdk) {
+            workers.back()->set_listeners(io::listen_spec{.port = user_port},
+                                          io::listen_spec{.port = tunnel_port});
+            workers.back()->set_loop_factory(dpdk->factory());
+        } else {
+            workers.back()->set_listeners(io::listen_spec{.fd = user_fds[i]},
+                                          io::listen_spec{.fd = tunnel_fds[i]});
+        }
     }
     // Hand-over rings: one per ordered pair of workers.
     std::vector<std::unique_ptr<core::spsc_ring<relay::handoff_msg>>> rings(n * n);
@@ -562,6 +595,7 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     }
 
     control_plane cp(settings, opts, std::move(store), &cell, &workers, first_version);
+    cp.set_dpdk(dpdk.get());
     http_server_options ho;
     ho.socket_path = settings.admin_socket;
     ho.tcp_listen = settings.admin_listen;
@@ -575,6 +609,7 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     cp.set_admin(std::move(admin.server));
     cp.set_status({{"version", APPRELAY_VERSION},
                    {"workers", n},
+                   {"io", settings.io},
                    {"user_port", user_port},
                    {"tunnel_port", tunnel_port},
                    {"enroll_port", enroll_port},

@@ -171,6 +171,12 @@ bool load_dpdk(const toml::table& t, relay_settings& s, std::string* why) {
     for (auto [key, value] : {std::pair{"user_listen", &s.user_listen},
                               std::pair{"tunnel_listen", &s.tunnel_listen}}) {
         const std::string host = host_of(*value);
+        if (value->substr(value->rfind(':') + 1) == "0") {
+            *why = fmt::format("relay.{}: '{}' needs a fixed port on the DPDK port (relay.io = "
+                               "\"dpdk\")",
+                               key, *value);
+            return false;
+        }
         if (host != "0.0.0.0" && host != own) {
             *why = fmt::format("relay.{}: '{}' is on the DPDK port (relay.io = \"dpdk\"): its "
                                "host must be 0.0.0.0 or dpdk.address {}",

@@ -199,6 +199,7 @@ private:
     enum class state : uint8_t { waiting, connecting, handshaking, hello_sent, ready };
     void send_hello();
     void schedule_retry();
+    void redial_misplaced(uint16_t landed);
 
     agent* _a;
     uint16_t _worker;
@@ -209,6 +210,7 @@ private:
     std::unordered_map<uint32_t, backend_conn*> _streams;
     io::tunnel_pending _pending{{}, {}, "backend connection failed"};
     uint32_t _attempt = 0;
+    uint32_t _misplaced = 0; // consecutive landings on another relay worker
     uint64_t _retry_at = 0;
     uint64_t _last_rx = 0;
     uint64_t _silence_ns = 3'000'000'000ull;
@@ -486,6 +488,33 @@ void tunnel_link::connect() {
     _state = state::connecting;
 }
 
+void tunnel_link::redial_misplaced(uint16_t landed) {
+    // A relay whose connections cannot move between its workers (dpdk: the flow hash of the TCP
+    // 4-tuple picks the worker) answers from the worker the tunnel landed on. A worker without
+    // one of our tunnels routes none of our group's streams, so dial again: a new source port is
+    // a new hash, and with N workers a dial lands right with probability 1/N. The first
+    // k_quick_redials go at once; after that the usual jittered backoff (no storm).
+    constexpr uint32_t k_quick_redials = 64;
+    ++_misplaced;
+    _a->counters.add(connector_counter::tunnels_misplaced);
+    log::debug("tunnel_misplaced", {{"worker", _worker}, {"landed", landed},
+                                    {"attempt", _misplaced}});
+    _a->loop->close(_id, false);
+    _tx.reset();
+    _mux.reset();
+    if (dirty) {
+        dirty = false;
+        auto& d = _a->dirty;
+        d.erase(std::remove(d.begin(), d.end(), this), d.end());
+    }
+    if (_misplaced <= k_quick_redials) {
+        _state = state::waiting;
+        _retry_at = _a->now;
+        return;
+    }
+    schedule_retry();
+}
+
 void tunnel_link::schedule_retry() {
     // Full jitter: uniform in [0, min(cap, base * 2^attempt)] so a relay restart does not see
     // every connector at once.
@@ -578,6 +607,12 @@ void tunnel_link::on_hello_ack(const tunnel::hello_ack& a) {
         fail("HELLO_ACK out of order");
         return;
     }
+    if (_worker != k_any_worker && a.worker_index != _worker && _worker < a.worker_count &&
+        a.worker_index < a.worker_count) {
+        redial_misplaced(a.worker_index);
+        return;
+    }
+    _misplaced = 0;
     _state = state::ready;
     _attempt = 0;
     _silence_ns = 3ull * std::max<uint32_t>(a.ping_interval_ms, 100) * 1'000'000ull;

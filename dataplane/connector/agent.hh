@@ -15,6 +15,7 @@ namespace apprelay::connector {
 #define APPRELAY_CONNECTOR_COUNTERS(X)                                                             \
     X(tunnels_connected, "tunnels set up (HELLO_ACK received)")                                    \
     X(tunnel_failures, "tunnel connects, handshakes or sessions that failed")                      \
+    X(tunnels_misplaced, "tunnels that landed on another relay worker than dialed (dialed again)") \
     X(tunnels_up, "gauge: tunnels up")                                                             \
     X(streams_opened, "OPENs accepted (backend connected)")                                        \
     X(streams_refused, "OPENs refused (backend refused or unreachable, bad target)")               \

@@ -154,6 +154,11 @@ class Topology:
         self.groups = []      # dict(tenant, name)
         self.connectors = []  # dict(tenant, id, group): id is the test's name for it
         self.apps = []        # dict(tenant, name, hostname, cert, key, backend, group)
+        self.io = "uring"     # [relay] io; "dpdk" needs self.dpdk and fixed listener ports
+        self.dpdk = {}        # [dpdk] keys (strings, lists of strings, booleans, integers)
+        self.listen_host = "127.0.0.1"
+        self.user_port = 0
+        self.tunnel_port = 0
 
     def core_map(self):
         if self.workers <= 1:
@@ -162,9 +167,19 @@ class Topology:
 
     def to_toml(self, state_dir):
         q = json.dumps  # TOML basic strings accept JSON string escapes for our ASCII values
-        out = ["[relay]", 'user_listen = "127.0.0.1:0"', 'tunnel_listen = "127.0.0.1:0"',
+        def value(v):
+            if isinstance(v, bool):
+                return str(v).lower()
+            if isinstance(v, (list, tuple)):
+                return "[" + ", ".join(q(x) for x in v) + "]"
+            return q(v) if isinstance(v, str) else str(int(v))
+        out = ["[relay]", f'user_listen = "{self.listen_host}:{self.user_port}"',
+               f'tunnel_listen = "{self.listen_host}:{self.tunnel_port}"',
                'enroll_listen = "127.0.0.1:0"', f"state_dir = {q(state_dir)}",
-               f"server_name = {q(RELAY_SERVER_NAME)}", f"core_map = {q(self.core_map())}", ""]
+               f"server_name = {q(RELAY_SERVER_NAME)}", f"core_map = {q(self.core_map())}",
+               f"io = {q(self.io)}", ""]
+        if self.dpdk:
+            out += ["[dpdk]"] + [f"{k} = {value(v)}" for k, v in self.dpdk.items()] + [""]
         if self.connector_settings:
             out += ["[connectors]"]
             out += [f"{k} = {q(v)}" for k, v in self.connector_settings.items()] + [""]
@@ -299,12 +314,13 @@ class Env:
             raise e
 
     # -- backends ----------------------------------------------------------------------------
-    def start_backend(self, mode, name=None, threads=1):
+    def start_backend(self, mode, name=None, threads=1, netns=None):
         require_binaries(BACKEND_BIN)
         name = name or f"backend-{mode}"
         ready = os.path.join(self.dir, f"{name}.ready")
-        p = self.start(name, [BACKEND_BIN, "--listen", "127.0.0.1:0", "--mode", mode,
-                              "--ready-file", ready, "--threads", str(threads)])
+        p = self.start(name, in_netns(netns, [BACKEND_BIN, "--listen", "127.0.0.1:0", "--mode",
+                                              mode, "--ready-file", ready, "--threads",
+                                              str(threads)]))
         port = self.wait_ready(p, ready)["port"]
         return p, port
 
@@ -394,7 +410,7 @@ class Env:
         return self.relay_info["tunnel_port"]
 
     def start_connector(self, cid, cert=None, key=None, name=None, log_level="info",
-                        claim_id=None, extra=()):
+                        claim_id=None, extra=(), netns=None):
         """An enrolled connector runs from its state dir. With cert/key (PKI file names or
         absolute paths) it runs with explicit identity flags instead, claiming `claim_id`."""
         require_binaries(CONNECTOR_BIN)
@@ -408,7 +424,7 @@ class Env:
                     "--ca", self.relay_ca_path(), "--id", claim_id or cid,
                     "--server-name", RELAY_SERVER_NAME]
         argv += ["--stats-file", stats, "--log-level", log_level] + list(extra)
-        return self.start(name, argv)
+        return self.start(name, in_netns(netns, argv))
 
     # -- stats ---------------------------------------------------------------------------------
     def stats(self):
@@ -710,12 +726,19 @@ def tls_handshake_error(port, sni, ca_path, timeout=10.0):
     return None
 
 
-def run_loadgen(env, sni, streams, concurrency, nbytes, threads=1, timeout=120, extra=()):
+def in_netns(netns, argv):
+    """argv run inside network namespace `netns` (None: as it is). `ip netns exec` execs the
+    command, so the pid is the command's own."""
+    return argv if netns is None else ["ip", "netns", "exec", netns] + list(argv)
+
+
+def run_loadgen(env, sni, streams, concurrency, nbytes, threads=1, timeout=120, extra=(),
+                host="127.0.0.1", netns=None):
     require_binaries(LOADGEN_BIN)
-    argv = [LOADGEN_BIN, "--connect", f"127.0.0.1:{env.user_port}", "--sni", sni,
+    argv = in_netns(netns, [LOADGEN_BIN, "--connect", f"{host}:{env.user_port}", "--sni", sni,
             "--ca", env.pki.path("users-ca.crt"), "--streams", str(streams),
             "--concurrency", str(concurrency), "--bytes", str(nbytes), "--mode", "echo",
-            "--threads", str(threads), "--timeout", str(timeout), "--json"] + list(extra)
+            "--threads", str(threads), "--timeout", str(timeout), "--json"] + list(extra))
     log("run: " + " ".join(argv))
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 30)
     print(r.stdout, end="")
