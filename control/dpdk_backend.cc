@@ -73,6 +73,9 @@ std::unique_ptr<dpdk_backend> dpdk_backend::start(const relay_settings& s,
     e.no_huge = d.no_huge;
     e.memory_mb = d.memory_mb;
     e.no_pci = d.no_pci;
+    // No multi-process runtime files or telemetry socket: the relay is the port's only user,
+    // and a crashed relay leaves nothing under /var/run/dpdk that blocks the next start.
+    e.extra = {"--no-shconf", "--no-telemetry"};
     if (auto r = io::dpdk::check_against_core_map(e, map, why); !r) {
         *why = "dpdk.lcores: " + *why;
         return nullptr;
@@ -91,6 +94,7 @@ std::unique_ptr<dpdk_backend> dpdk_backend::start(const relay_settings& s,
     }
     ps.workers = uint16_t(map.worker_cpus.size());
     ps.mtu = uint16_t(d.mtu);
+    ps.loss_every = d.loss_every;
     auto p = io::dpdk::port::open(ps, why);
     if (!p) {
         *why = "dpdk port " + ps.name + ": " + *why;

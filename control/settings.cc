@@ -122,7 +122,7 @@ bool load_dpdk(const toml::table& t, relay_settings& s, std::string* why) {
     auto& d = s.dpdk;
     if (!known_keys(t, "dpdk",
                     {"lcores", "allow", "vdev", "file_prefix", "no_huge", "memory_mb", "no_pci",
-                     "port", "address", "gateway", "mtu"},
+                     "port", "address", "gateway", "mtu", "loss_every"},
                     why) ||
         !get_str(t, "dpdk", "lcores", &d.lcores, why) ||
         !get_str_list(t, "dpdk", "allow", &d.allow, why) ||
@@ -134,7 +134,8 @@ bool load_dpdk(const toml::table& t, relay_settings& s, std::string* why) {
         !get_str(t, "dpdk", "port", &d.port, why) ||
         !get_str(t, "dpdk", "address", &d.address, why) ||
         !get_str(t, "dpdk", "gateway", &d.gateway, why) ||
-        !get_u32(t, "dpdk", "mtu", &d.mtu, 576, 9000, why)) {
+        !get_u32(t, "dpdk", "mtu", &d.mtu, 576, 9000, why) ||
+        !get_u32(t, "dpdk", "loss_every", &d.loss_every, 0, 1u << 30, why)) {
         return false;
     }
     if (s.io != "dpdk") {

@@ -27,6 +27,8 @@ struct dpdk_settings {
     std::string address;           // the relay's IPv4 on the port, A.B.C.D/prefix
     std::string gateway;           // next hop for off-link peers (empty: on-link only)
     uint32_t mtu = 1500;
+    // Loss mode (tests, demonstrations): drop every Nth frame each way on each queue; 0 = off.
+    uint32_t loss_every = 0;
     uint32_t ipv4 = 0;             // parsed from address (host order)
     uint8_t prefix_len = 0;
     uint32_t gateway_ipv4 = 0;

@@ -36,9 +36,10 @@ def write_file(path, n):
             left -= len(block)
 
 
-def start_nginx(env, files, host="127.0.0.1", name="nginx"):
+def start_nginx(env, files, host="127.0.0.1", name="nginx", netns=None):
     """nginx with one worker serving env.dir/www: files is {url_name: size}. POST /upload reads
-    the whole body, discards it and answers 200. Returns (proc, port)."""
+    the whole body, discards it and answers 200. Returns (proc, port). netns: run it inside that
+    network namespace (its loopback)."""
     h.require_binaries(NGINX_BIN)
     root = os.path.join(env.dir, f"{name}-www")
     tmp = os.path.join(env.dir, f"{name}-tmp")
@@ -46,15 +47,19 @@ def start_nginx(env, files, host="127.0.0.1", name="nginx"):
     os.makedirs(tmp, exist_ok=True)
     for fname, size in files.items():
         write_file(os.path.join(root, fname), size)
-    port = free_port(host)
+    port = free_port(host) if netns is None else 18080  # a namespace of the test's own
     conf = os.path.join(env.dir, f"{name}.conf")
     with open(conf, "w") as f:
         f.write(nginx_conf(root, tmp, host, port, os.path.join(env.dir, f"{name}-error.log")))
-    p = env.start(name, [NGINX_BIN, "-c", conf, "-p", tmp, "-g", "daemon off;"])
+    p = env.start(name, h.in_netns(netns, [NGINX_BIN, "-c", conf, "-p", tmp, "-g",
+                                           "daemon off;"]))
 
     def listening():
         if not p.alive():
             raise h.TestFailure(f"nginx exited {p.p.returncode}: {p.log_text()[-2000:]}")
+        if netns is not None:
+            probe = ["ip", "netns", "exec", netns, "bash", "-c", f"</dev/tcp/{host}/{port}"]
+            return subprocess.run(probe, capture_output=True).returncode == 0
         try:
             socket.create_connection((host, port), timeout=0.5).close()
             return True
@@ -152,10 +157,12 @@ def parse_wrk(out):
 
 
 def run_wrk(url, connections, seconds, threads=1, headers=(), script=None, timeout_s=10,
-            taskset=None, latency=False):
-    """Runs wrk, bounded in time; returns (rc, parsed, text). latency: --latency percentiles."""
+            taskset=None, latency=False, netns=None):
+    """Runs wrk, bounded in time; returns (rc, parsed, text). latency: --latency percentiles.
+    netns: inside that network namespace."""
     h.require_binaries(WRK_BIN)
-    argv = ([] if taskset is None else ["taskset", "-c", taskset]) + [
+    argv = ([] if netns is None else ["ip", "netns", "exec", netns]) + (
+        [] if taskset is None else ["taskset", "-c", taskset]) + [
         WRK_BIN, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", f"--timeout",
         f"{timeout_s}s"] + (["--latency"] if latency else [])
     for hd in headers:
