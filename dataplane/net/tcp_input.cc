@@ -417,7 +417,7 @@ void stack::impl::conn_input(tcb& t, const tcp_segment& s, uint64_t now) {
     const bool can_receive = t.state == tcp_state::established ||
                              t.state == tcp_state::fin_wait_1 || t.state == tcp_state::fin_wait_2;
     if (!data.empty() && can_receive) {
-        data_input(t, seq, data, now);
+        data_input(t, seq, data, (s.flags & tcp_flag::psh) != 0, now);
         if (!alive(t, gen)) {
             return;
         }
@@ -565,7 +565,8 @@ bool stack::impl::ack_input(tcb& t, const tcp_segment& s, uint64_t now) {
     return true;
 }
 
-void stack::impl::data_input(tcb& t, uint32_t seq, std::span<const std::byte> data, uint64_t now) {
+void stack::impl::data_input(tcb& t, uint32_t seq, std::span<const std::byte> data, bool push,
+                             uint64_t now) {
     const auto len = static_cast<uint32_t>(data.size());
     detail::rx_ring& rx = t.rx;
     if (t.user_closed) {
@@ -665,8 +666,10 @@ void stack::impl::data_input(tcb& t, uint32_t seq, std::span<const std::byte> da
         }
     }
     // RFC 5681 4.2 / RFC 9293 3.8.6.3: ACK at least every second full segment, and at once
-    // when the segment filled a hole.
-    if (t.unacked_segs > 0 && (had_ooo || t.unacked_segs >= 2)) {
+    // when the segment filled a hole. Also at once on PSH: it ends the sender's write, and a
+    // sender with one send outstanding (our own API, io::loop) waits for exactly this ACK to
+    // reuse its buffer; delaying it would cost delayed_ack_ms per write.
+    if (t.unacked_segs > 0 && (had_ooo || push || t.unacked_segs >= 2)) {
         send_ack(t, now);
     }
 }

@@ -79,7 +79,8 @@ struct stack::impl {
     void syn_sent_input(detail::tcb& t, const tcp_segment& s, uint64_t now);
     void conn_input(detail::tcb& t, const tcp_segment& s, uint64_t now);
     bool ack_input(detail::tcb& t, const tcp_segment& s, uint64_t now);
-    void data_input(detail::tcb& t, uint32_t seq, std::span<const std::byte> data, uint64_t now);
+    void data_input(detail::tcb& t, uint32_t seq, std::span<const std::byte> data, bool push,
+                    uint64_t now);
     void fin_input(detail::tcb& t, uint64_t now);
     void send_rst_reply(const received_frame& rf, const tcp_segment& s);
     // A segment that belongs to no TCB (RST replies, SYN-ACK carrying a SYN cookie).

@@ -84,19 +84,23 @@ TEST_F(tcp_conn, in_order_data_is_delivered_and_acked_every_second_segment) {
     start();
     client c = handshake();
     const bytes a = pattern(1000, 1), b = pattern(1000, 2), d = pattern(10, 3);
-    seg(c, k_ack | k_psh, a);
+    const bytes e = pattern(20, 4);
+    seg(c, k_ack, a);
     EXPECT_TRUE(out().empty()) << "first segment: delayed ACK";
-    seg(c, k_ack | k_psh, b);
+    seg(c, k_ack, b);
     auto ack = one();
     EXPECT_EQ(ack.flags, k_ack);
     EXPECT_EQ(ack.ack, c.seq) << "every second segment is ACKed at once";
-    seg(c, k_ack | k_psh, d);
+    seg(c, k_ack, d);
     EXPECT_TRUE(out().empty());
     advance_ms(cfg.tcp.delayed_ack_ms);
     EXPECT_EQ(one().ack, c.seq) << "delayed ACK fires after delayed_ack_ms";
+    seg(c, k_ack | k_psh, e);
+    EXPECT_EQ(one().ack, c.seq) << "PSH ends a write: ACKed at once";
     bytes all = a;
     all.insert(all.end(), b.begin(), b.end());
     all.insert(all.end(), d.begin(), d.end());
+    all.insert(all.end(), e.begin(), e.end());
     EXPECT_EQ(ev.of(c.id).data, all);
 }
 
@@ -766,6 +770,7 @@ TEST_F(tcp_conn, timestamps_are_negotiated_echoed_and_shrink_the_payload) {
     s.payload = str("abc");
     input(tcp_frame(s));
     c.seq += 3;
+    EXPECT_EQ(one().ts_ecr, 900u) << "PSH: ACKed at once, echoing the newest TSval";
     ASSERT_TRUE(st->send(c.id, keep(pattern(3000))));
     auto o = out();
     ASSERT_FALSE(o.empty());
@@ -895,6 +900,7 @@ TEST_F(tcp_conn, syn_flood_costs_bounded_memory_and_a_cookie_completes_a_handsha
     EXPECT_EQ(st->count(counter::tcp_syn_cookies_ok), 1u);
     EXPECT_EQ(ev.of(ev.accepted[0]).data, str("GET /"));
     // The cookie's MSS (1300, the peer's) bounds our segments.
+    lk.take();
     ASSERT_TRUE(st->send(ev.accepted[0], keep(pattern(3000))));
     auto o = out();
     ASSERT_FALSE(o.empty());
