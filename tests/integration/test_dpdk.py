@@ -12,7 +12,8 @@ Addresses are in 198.18.0.0/15 (RFC 2544, for benchmarking): traffic stays on th
 4. 100 MiB byte-exact both ways in one stream (echo: 100 MiB up, the same 100 MiB back).
 5. Aborts: 200 streams reset mid-response by the user; no tunnel closes; the relay counts them.
 6. Stock clients against nginx: 4 parallel curl downloads of 32 MiB (sha256), a curl upload of
-   16 MiB, wrk with `Connection: close` for 3 s (0 socket errors); then close seen from Linux:
+   16 MiB, wrk with `Connection: close` for 3 s (0 socket errors), openssl s_client verifying the
+   app's certificate; then close seen from Linux:
    a client that closes first holds TIME-WAIT, the relay's stacks keep no TCB but the tunnels'
    (and TIME-WAITs), and a curl killed mid-download leaves nothing behind on the relay.
 7. /metrics shows the port's xstats and each worker's stack and busy-cycle counters.
@@ -206,6 +207,13 @@ def body(env, w):
     except h.TestFailure:
         print(json.dumps(env.stats(), indent=1)[:6000])
         raise h.TestFailure(f"Linux's client sockets after wrk: {last['states']}")
+    # openssl s_client: the app's certificate by SNI, verified, TLS 1.3.
+    r = subprocess.run(h.in_netns(w.ns, ["openssl", "s_client", "-connect",
+                                         f"{w.relay_ip}:{env.user_port}", "-servername", WWW,
+                                         "-CAfile", env.pki.path("users-ca.crt"), "-brief"]),
+                       input="", capture_output=True, text=True, timeout=30)
+    h.check("Verification: OK" in r.stderr and "TLSv1.3" in r.stderr,
+            f"openssl s_client verifies {WWW} over TLS 1.3: {r.stderr.strip()[:300]}")
     # The user closes first (the relay keeps a stream's TCP open until the user's side ends:
     # half-closes pass through), so TIME-WAIT is on Linux (RFC 9293 3.6), and the relay's TCBs
     # all go away: only the two tunnels stay, beside any the relay's stack holds in TIME-WAIT.
