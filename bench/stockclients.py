@@ -13,6 +13,10 @@ its config: sendfile, keep-alive, POST /upload read and discarded). The app's ho
 
 Rates are raw (Gbit/s of body bytes, requests/s) and per busy relay core. Any socket error, any
 non-2xx response, any failed or errored h2load request fails the scenario, for either system.
+
+apprelay-dpdk: nginx and the clients run inside the namespace behind the relay's DPDK port
+(bench/run's system_world); the app's hostname is then dpdk_world.WWW, which the namespace's
+/etc/hosts maps to the relay's address (wrk and h2load take the SNI from the URL).
 """
 import os
 import re
@@ -73,14 +77,16 @@ def upload_script(path, nbytes):
     return path
 
 
-def run_one(stock, env, port, name, spec, size_key):
-    """Runs one scenario against the system on `port`; returns the tool's parsed result plus
-    rate/unit. Raises StockFailed on any socket error or bad response."""
+def run_one(stock, env, port, name, spec, size_key, host=HOST, netns=None):
+    """Runs one scenario against the system on `port` (inside network namespace `netns` when
+    given); returns the tool's parsed result plus rate/unit. Raises StockFailed on any socket
+    error or bad response."""
     tool, conns, seconds, what = spec
-    base = f"https://{HOST}:{port}"
+    base = f"https://{host}:{port}"
     if tool == "h2load":
-        argv = [H2LOAD_BIN, "--h1", "-c", str(conns), "-t", "1", "-D", str(seconds),
-                "--warm-up-time=1", f"{base}/1k"]
+        argv = ([] if netns is None else ["ip", "netns", "exec", netns]) + [
+            H2LOAD_BIN, "--h1", "-c", str(conns), "-t", "1", "-D", str(seconds),
+            "--warm-up-time=1", f"{base}/1k"]
         print("[stock] " + " ".join(argv), flush=True)
         p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
         out = p.stdout + p.stderr
@@ -101,7 +107,8 @@ def run_one(stock, env, port, name, spec, size_key):
     elif what == "close":
         headers = ["Connection: close"]
     rc, r, out = stock.run_wrk(url, connections=conns, seconds=seconds, threads=min(conns, 2),
-                               headers=headers, script=script, timeout_s=30, latency=True)
+                               headers=headers, script=script, timeout_s=30, latency=True,
+                               netns=netns)
     r.update(tool="wrk", connections=conns)
     if what == "dl":
         r.update(rate=r["bytes"] * 8 / r["seconds"] / 1e9 if r["seconds"] else 0.0,
@@ -122,43 +129,62 @@ def run_one(stock, env, port, name, spec, size_key):
 
 
 def run_system(bench, harness, peer_mod, stock, system, names, quick):
-    """One system (apprelay or haproxy) with 1 relay worker: nginx behind it, each scenario."""
+    """One system (apprelay, apprelay-dpdk or haproxy) with 1 relay worker: nginx behind it,
+    each scenario. Raises bench.Skipped where the system cannot run here."""
+    with bench.system_world(harness, system) as w:
+        with harness.Env(f"bench-stock-{system}") as env:
+            return run_scenarios(bench, harness, peer_mod, stock, env, w, system, names, quick)
+
+
+def run_scenarios(bench, harness, peer_mod, stock, env, w, system, names, quick):
     size_key = "quick" if quick else "full"
     specs = QUICK if quick else FULL
     out = {}
-    with harness.Env(f"bench-stock-{system}") as env:
-        _, nginx_port = stock.start_nginx(env, {"1k": 1024, "big": DL_BYTES[size_key]})
-        if system == "apprelay":
-            pid, port, _ = bench.start_apprelay(harness, env, nginx_port, 1, host=HOST)
-            counters = env.counters
-        else:
-            pid, port, _ = bench.start_haproxy(harness, peer_mod, env, nginx_port, 1, host=HOST)
-            counters = dict
-        cpus = bench.worker_cpus(1)
-        for name in names:
-            rec = dict(ok=False, client=specs[name][0])
-            out[name] = rec
-            c0 = counters()
-            before = bench.Sample(pid, cpus)
-            try:
-                res = run_one(stock, env, port, name, specs[name], size_key)
-                rec.update(summarize(res, bench.Sample(pid, cpus).since(before)))
-                rec["ok"] = True
-                bench.log(f"{system} w1 {name} ({res['tool']}): {rec['rate']:.4g} {rec['unit']}, "
-                          f"busy {rec['busy_cores']:.2f} cores")
-            except Exception as e:  # noqa: BLE001 -- one scenario's failure must not stop the run
-                res = getattr(e, "result", None)
-                if res is not None:
-                    rec.update(summarize(res, bench.Sample(pid, cpus).since(before)))
-                rec["error"] = str(e)
-                bench.log(f"{system} w1 {name}: FAILED {e}")
-            rec["relay_counters"] = bench.counter_delta(c0, counters())
-            time.sleep(0.5)  # closes of the last connections settle before the next sample
-        env.failed = env.failed or any(not s.get("ok") for s in out.values())
+    netns = w.ns if w else None
+    host = HOST
+    _, nginx_port = stock.start_nginx(env, {"1k": 1024, "big": DL_BYTES[size_key]},
+                                      netns=netns)
+    if system == "apprelay":
+        pid, port, _ = bench.start_apprelay(harness, env, nginx_port, 1, host=HOST)
+        counters = env.counters
+    elif system == "apprelay-dpdk":
+        import dpdk_world
+        host = dpdk_world.WWW  # the namespace's /etc/hosts: the relay's address
+        try:
+            pid, port, _ = bench.start_apprelay_dpdk(harness, env, w, nginx_port, host=host)
+        except bench.Skipped as e:
+            bench.log(f"{system} stock clients: skipped: {e}")
+            return bench.skipped_scenarios(names, str(e))
+        counters = env.counters
+    else:
+        pid, port, _ = bench.start_haproxy(harness, peer_mod, env, nginx_port, 1, host=HOST)
+        counters = dict
+    cpus = bench.worker_cpus(1)
+    for name in names:
+        rec = dict(ok=False, client=specs[name][0])
+        out[name] = rec
+        c0 = counters()
+        before = bench.Sample(pid, cpus)
+        try:
+            res = run_one(stock, env, port, name, specs[name], size_key, host, netns)
+            after = bench.Sample(pid, cpus, end=True)
+            rec.update(summarize(bench, res, after.since(before)))
+            rec["ok"] = True
+            bench.log(f"{system} w1 {name} ({res['tool']}): {bench.fmt_rec(name, rec)}")
+        except Exception as e:  # noqa: BLE001 -- one scenario's failure must not stop the run
+            res = getattr(e, "result", None)
+            if res is not None:
+                after = bench.Sample(pid, cpus, end=True)
+                rec.update(summarize(bench, res, after.since(before)))
+            rec["error"] = str(e)
+            bench.log(f"{system} w1 {name}: FAILED {e}")
+        rec["relay_counters"] = bench.counter_delta(c0, counters())
+        time.sleep(0.5)  # closes of the last connections settle before the next sample
+    env.failed = env.failed or any(not s.get("ok") for s in out.values())
     return out
 
 
-def summarize(res, acct):
+def summarize(bench, res, acct):
     rec = dict(acct)
     rec["client_result"] = res
     rec["rate"] = res["rate"]
@@ -176,6 +202,8 @@ def summarize(res, acct):
     if not moved and reqs:
         rec["cpu_s_per_mreq"] = acct["relay_cpu_s"] / (reqs / 1e6)
         rec["connector_cpu_ms_per_kreq"] = acct["connector_cpu_s"] * 1e3 / (reqs / 1e3)
+    bench.add_dpdk_units(rec, acct, gib=moved / 2 ** 30 if moved else None,
+                         reqs=reqs if not moved else None)
     lat = res.get("latency_us") or {}
     if 50 in lat and 99 in lat:
         rec["p50_us"], rec["p99_us"] = lat[50], lat[99]
