@@ -200,6 +200,8 @@ private:
     void send_hello();
     void schedule_retry();
     void redial_misplaced(uint16_t landed);
+    // Closes the connection and drops its TLS session, mux and place in the dirty list.
+    void release_connection();
 
     agent* _a;
     uint16_t _worker;
@@ -499,14 +501,7 @@ void tunnel_link::redial_misplaced(uint16_t landed) {
     _a->counters.add(connector_counter::tunnels_misplaced);
     log::debug("tunnel_misplaced", {{"worker", _worker}, {"landed", landed},
                                     {"attempt", _misplaced}});
-    _a->loop->close(_id, false);
-    _tx.reset();
-    _mux.reset();
-    if (dirty) {
-        dirty = false;
-        auto& d = _a->dirty;
-        d.erase(std::remove(d.begin(), d.end(), this), d.end());
-    }
+    release_connection();
     if (_misplaced <= k_quick_redials) {
         _state = state::waiting;
         _retry_at = _a->now;
@@ -794,6 +789,11 @@ void tunnel_link::fail(std::string_view why) {
     _streams.clear();
     _pending.fin.clear();
     _pending.reset.clear();
+    release_connection();
+    schedule_retry();
+}
+
+void tunnel_link::release_connection() {
     _a->loop->close(_id, false);
     _tx.reset();
     _mux.reset();
@@ -802,7 +802,6 @@ void tunnel_link::fail(std::string_view why) {
         auto& d = _a->dirty;
         d.erase(std::remove(d.begin(), d.end(), this), d.end());
     }
-    schedule_retry();
 }
 
 // ------------------------------------------------------------------------------------ agent
