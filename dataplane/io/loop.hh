@@ -9,9 +9,10 @@
 //   - Callbacks run on the loop's thread, only from run_once(), never re-entrantly from a call
 //     the owner made into the loop.
 //   - At most one send in flight per connection; its data stays valid and unchanged until
-//     on_sent(n). A short n means: the next send() begins with the remaining bytes, unchanged
-//     (a backend may already hold some of them, e.g. a user-space TCP that sent but has not had
-//     them acknowledged).
+//     on_sent(n): the backend no longer reads the first n bytes (they are written to a kernel
+//     socket buffer, or transmitted with the unACKed ones copied, not necessarily ACKed). A
+//     short n means: the next send() begins with the remaining bytes, unchanged (a backend may
+//     already have transmitted some of them, e.g. a user-space TCP whose window closed).
 //   - close(): no callbacks for that id afterwards. The owner may free the data of a send that
 //     was in flight right after the next run_once returns (not before).
 //   - An accepted connection is reported once through on_accept with no owner: the listener's

@@ -496,8 +496,21 @@ void stack::impl::deliver_pending(tcb& t, uint64_t now) {
     if (t.user_closed || t.state == tcp_state::closed) {
         return;
     }
-    // on_sent: bytes of the current send the peer ACKed. With a FIN queued behind the send
-    // the buffer is held to its end (nothing would re-send the rest), so only a full report.
+    // on_sent. Once every byte of the send has been transmitted, its unACKed bytes move to
+    // our ring and the whole send completes: the owner may write more without waiting for the
+    // peer's (possibly delayed) ACK, as with a kernel socket's write into its send buffer.
+    // Otherwise (window full, or no memory for the ring): the bytes of the send the peer
+    // ACKed; with a FIN queued behind the send the buffer is held to its end (nothing would
+    // re-send the rest), so only a full report.
+    if (send_transmitted(t)) {
+        const uint32_t len = t.snd_len;
+        if (own_send(t)) {
+            _ev->on_sent(id_of(t), static_cast<int>(len));
+            if (!alive(t, gen) || t.user_closed) {
+                return;
+            }
+        }
+    }
     if (t.send_outstanding) {
         const uint32_t una_data =
             t.fin_queued && detail::seq_gt(t.snd_una, t.fin_seq) ? t.fin_seq : t.snd_una;
@@ -557,7 +570,7 @@ void stack::impl::flush(uint64_t now) {
         tcb& t = *tcb_at(idx);
         // Release what the connection held; the slot keeps its generation so stale ids fail.
         t.rx.buf.reset();
-        std::vector<std::byte>().swap(t.owned);
+        t.owned = detail::tx_ring{}; // bytes still owned by a failed connection are dropped
         t.snd_data = nullptr;
         _free.push_back(idx);
     }
@@ -784,6 +797,7 @@ bool stack::send(sock_id id, std::span<const std::byte> data) {
         t->state == tcp_state::syn_rcvd) {
         return false;
     }
+    // The send continues the sequence space after the bytes we own (snd_seq is their end).
     t->send_outstanding = true;
     t->snd_data = data.data();
     t->snd_len = static_cast<uint32_t>(data.size());
@@ -838,20 +852,14 @@ void stack::close(sock_id id, bool abort) {
         s.kill(*t);
         return;
     }
-    // Graceful: the caller frees its buffer now; keep the unACKed rest (at most one send).
-    if (t->send_outstanding) {
-        const uint32_t from = detail::seq_gt(t->snd_una, t->snd_seq) ? t->snd_una : t->snd_seq;
-        const uint32_t end = t->snd_seq + t->snd_len;
-        if (detail::seq_lt(from, end)) {
-            t->owned.assign(t->snd_data + (from - t->snd_seq), t->snd_data + t->snd_len);
-            t->snd_data = t->owned.data();
-            t->snd_seq = from;
-            t->snd_len = end - from;
-        } else {
-            t->send_outstanding = false;
-            t->snd_data = nullptr;
-            t->snd_len = 0;
-        }
+    // Graceful: the caller frees its buffer now; keep the unACKed rest of its send after the
+    // bytes we already own (at most the flight plus one send). Without memory for it the
+    // stream cannot complete intact: abort rather than end it short with a FIN.
+    if (t->send_outstanding && !s.own_send(*t)) {
+        s.emit(*t, t->snd_nxt, 0, tcp_flag::rst, s._now);
+        s.bump(counter::tcp_rst_sent);
+        s.kill(*t);
+        return;
     }
     if (!t->fin_queued) {
         shutdown_write(id);
@@ -874,8 +882,11 @@ std::size_t stack::connections() const noexcept {
 
 std::size_t stack::bytes_per_connection() const noexcept {
     // The TCB itself, its lookup slot (at load <= 1/2, two slots per connection), its heap entry
-    // and free-list entry. The receive ring (rcv_buf bytes) is allocated only once the
-    // application pauses or a segment arrives out of order: see memory_bytes().
+    // and free-list entry. Allocated on demand and counted by memory_bytes() instead: the
+    // receive ring (rcv_buf bytes) once the application pauses or a segment arrives out of
+    // order, and the send ring (transmitted, unACKed bytes of completed sends) once a send
+    // completes before its ACK; the latter grows to the largest flight the connection had
+    // (min(cwnd, peer window)) and is kept until the connection ends.
     return sizeof(tcb) + 2 * sizeof(impl::conn_slot) + 2 * sizeof(uint32_t);
 }
 
@@ -885,7 +896,7 @@ std::size_t stack::memory_bytes() const noexcept {
                     s._heap.capacity() * sizeof(uint32_t) + s._free.capacity() * sizeof(uint32_t);
     for (uint32_t i = 0; i < s._n_slots; ++i) {
         const tcb& t = s._chunks[i / k_tcb_chunk][i % k_tcb_chunk];
-        n += (t.rx.buf ? t.rcv_cap : 0) + t.owned.capacity();
+        n += (t.rx.buf ? t.rcv_cap : 0) + t.owned.cap;
     }
     return n;
 }

@@ -12,14 +12,24 @@
 //   paused, bytes are kept in the connection's receive buffer (bounded by the window we
 //   advertised) and delivered on resume. EOF (FIN in order) -> on_recv_end(0); RST -> on_recv_end(-ECONNRESET).
 // - Send: send(data) with at most one send outstanding; data must stay valid and unchanged until
-//   on_sent(n). on_sent(n) reports n bytes ACKed by the peer (n may be short of the whole send);
-//   after a short on_sent the next send() must begin with the remaining bytes, unchanged: the
-//   stack may already have transmitted some of them (it tracks snd_una/snd_nxt), so segments and
+//   on_sent(n). on_sent(n) means the stack no longer reads the first n bytes of the send; the
+//   owner may free or reuse them. It comes as soon as every byte of the send has been
+//   transmitted once (not ACKed: like a kernel socket's write into its send buffer): the stack
+//   then copies the bytes the peer has not ACKed yet into its own per-connection ring (bounded
+//   by the bytes in flight) and reports n = the whole send, so the owner can send more at once
+//   without waiting for the peer's (possibly delayed) ACK. A short n can still happen (the
+//   window closed before the whole send went out, or no memory for the ring): it reports bytes
+//   ACKed, and the next send() must begin with the remaining bytes, unchanged: the stack may
+//   already have transmitted some of them (it tracks snd_una/snd_nxt), so segments and
 //   retransmissions are built straight from the caller's data (one copy, into the frame).
-//   -errno in on_sent = the connection failed (RST, retransmission limit, keepalive).
-// - close(id, abort=false): the outstanding send's bytes not yet ACKed still go out, then FIN;
-//   the caller frees its data right after, so the stack copies those bytes (bounded by one send)
-//   into its own buffer. abort=true: RST at once. No callbacks for that id after close().
+//   The sequence space is [owned unACKed bytes][caller's send]; new segments come from the
+//   caller's data, retransmissions from either.
+//   -errno in on_sent = the connection failed (RST, retransmission limit, keepalive) with a
+//   send outstanding; bytes the stack owned are then dropped (the failure also shows as
+//   on_recv_end(-errno)).
+// - close(id, abort=false): every byte handed over and not yet ACKed (owned, plus the rest of an
+//   outstanding send, which the stack copies since the caller frees it right after) still goes
+//   out, then FIN. abort=true: RST at once. No callbacks for that id after close().
 #include "dataplane/base/result.hh"
 #include "dataplane/net/addr.hh"
 
@@ -139,7 +149,7 @@ public:
     uint64_t count(counter c) const noexcept;
     std::size_t connections() const noexcept;                 // in any state but CLOSED
     std::size_t bytes_per_connection() const noexcept;        // memory of one established TCB
-    // Everything the stack holds now: slots, tables, receive rings and close() copies.
+    // Everything the stack holds now: slots, tables, receive rings and send rings.
     std::size_t memory_bytes() const noexcept;
 
     struct impl;

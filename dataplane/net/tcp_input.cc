@@ -466,6 +466,7 @@ bool stack::impl::ack_input(tcb& t, const tcp_segment& s, uint64_t now) {
         if (seq_lt(t.snd_nxt, t.snd_una)) {
             t.snd_nxt = t.snd_una;
         }
+        trim_owned(t);
         t.rtx_count = 0;
         t.backoff = 0;
         t.una_since_ns = now;
@@ -667,8 +668,8 @@ void stack::impl::data_input(tcb& t, uint32_t seq, std::span<const std::byte> da
     }
     // RFC 5681 4.2 / RFC 9293 3.8.6.3: ACK at least every second full segment, and at once
     // when the segment filled a hole. Also at once on PSH: it ends the sender's write, and a
-    // sender with one send outstanding (our own API, io::loop) waits for exactly this ACK to
-    // reuse its buffer; delaying it would cost delayed_ack_ms per write.
+    // sender that waits for the ACK before writing more (a peer whose window is full, or one
+    // that completes writes only on ACK) would otherwise lose delayed_ack_ms per write.
     if (t.unacked_segs > 0 && (had_ooo || push || t.unacked_segs >= 2)) {
         send_ack(t, now);
     }

@@ -107,8 +107,9 @@ bool stack::impl::emit(tcb& t, uint32_t seq, uint32_t len, uint8_t flags, uint64
                      opt_len);
     std::memcpy(seg + k_tcp_header, opts, opt_len);
     if (len > 0) {
-        // Straight from the sender's buffer into the frame: the one copy on the send path.
-        std::memcpy(seg + k_tcp_header + opt_len, t.snd_data + (seq - t.snd_seq), len);
+        // Straight from the sender's buffer (or, for bytes of a send already completed, our
+        // ring) into the frame: the one copy on the send path.
+        copy_send(t, seq, len, seg + k_tcp_header + opt_len);
     }
     finish_tcp_checksum(std::span<std::byte>(seg, tcp_len), _cfg.ipv4, t.remote_ip);
     commit(f.size());
@@ -124,6 +125,77 @@ bool stack::impl::emit(tcb& t, uint32_t seq, uint32_t len, uint8_t flags, uint64
             t.rcv_adv = edge;
         }
     }
+    return true;
+}
+
+void stack::impl::copy_send(const tcb& t, uint32_t seq, uint32_t len, std::byte* dst) const {
+    const detail::tx_ring& r = t.owned;
+    if (r.len > 0 && seq_lt(seq, t.snd_seq)) {
+        const uint32_t off = seq - t.owned_seq();
+        const uint32_t n = std::min(len, r.len - off);
+        const uint32_t pos = (r.head + off) % r.cap;
+        const uint32_t first = std::min(n, r.cap - pos);
+        std::memcpy(dst, r.buf.get() + pos, first);
+        std::memcpy(dst + first, r.buf.get(), n - first);
+        dst += n;
+        seq += n;
+        len -= n;
+    }
+    if (len > 0) {
+        std::memcpy(dst, t.snd_data + (seq - t.snd_seq), len);
+    }
+}
+
+void stack::impl::trim_owned(tcb& t) {
+    detail::tx_ring& r = t.owned;
+    const uint32_t start = t.owned_seq();
+    if (r.len == 0 || !seq_gt(t.snd_una, start)) {
+        return;
+    }
+    const uint32_t n = std::min(t.snd_una - start, r.len);
+    r.len -= n;
+    r.head = r.len == 0 ? 0 : (r.head + n) % r.cap;
+}
+
+bool stack::impl::own_send(tcb& t) {
+    detail::tx_ring& r = t.owned;
+    const uint32_t end = t.snd_seq + t.snd_len;
+    // Bytes below snd_una are ACKed: dropped, not copied. If snd_una is past snd_seq the ring is
+    // empty (trim_owned), so the copied bytes stay contiguous with it.
+    const uint32_t from = seq_gt(t.snd_una, t.snd_seq) ? t.snd_una : t.snd_seq;
+    const uint32_t n = seq_lt(from, end) ? end - from : 0;
+    if (n > 0 && uint64_t(r.len) + n > r.cap) {
+        // Grow geometrically (a few steps through slow start, then reused), but never beyond
+        // what has to be held or the largest flight the windows allow (min(cwnd, peer's)):
+        // in steady state the ring holds only bytes in flight.
+        const uint64_t need = uint64_t(r.len) + n;
+        const uint64_t flight = std::min(t.cwnd, std::max(t.max_snd_wnd, t.snd_wnd));
+        const uint64_t cap = std::max(need, std::min(2 * uint64_t(r.cap), flight));
+        std::unique_ptr<std::byte[]> buf(new (std::nothrow) std::byte[cap]);
+        if (!buf) {
+            return false; // keep using the caller's buffer: on_sent waits for the ACK
+        }
+        const uint32_t first = std::min(r.len, r.cap - r.head);
+        if (r.len > 0) {
+            std::memcpy(buf.get(), r.buf.get() + r.head, first);
+            std::memcpy(buf.get() + first, r.buf.get(), r.len - first);
+        }
+        r.buf = std::move(buf);
+        r.cap = static_cast<uint32_t>(cap);
+        r.head = 0;
+    }
+    if (n > 0) {
+        const uint32_t pos = (r.head + r.len) % r.cap;
+        const uint32_t first = std::min(n, r.cap - pos);
+        const std::byte* src = t.snd_data + (from - t.snd_seq);
+        std::memcpy(r.buf.get() + pos, src, first);
+        std::memcpy(r.buf.get(), src + first, n - first);
+        r.len += n;
+    }
+    t.send_outstanding = false;
+    t.snd_seq = end;
+    t.snd_data = nullptr;
+    t.snd_len = 0;
     return true;
 }
 
@@ -228,6 +300,9 @@ void stack::impl::output(tcb& t, uint64_t now) {
             break; // no buffer: the retransmission timer recovers it
         }
     }
+    if (send_transmitted(t) && !t.user_closed) {
+        mark_pending(t); // on_sent at the next flush: the owner may send more at once
+    }
     if (t.t_rtx == k_never) {
         const bool outstanding = t.snd_max != t.snd_una;
         const bool blocked =
@@ -288,6 +363,9 @@ void stack::impl::rtx_fire(tcb& t, uint64_t now) {
             }
             if (seq_gt(t.snd_nxt, t.snd_max)) {
                 t.snd_max = t.snd_nxt;
+            }
+            if (send_transmitted(t) && !t.user_closed) {
+                mark_pending(t); // a one-byte send went out as the probe
             }
         } else {
             emit(t, t.fin_seq, 0, tcp_flag::ack | tcp_flag::fin, now);

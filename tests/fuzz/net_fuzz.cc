@@ -14,6 +14,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -97,7 +98,9 @@ private:
 };
 
 // A static, never-modified send source: any send that starts at the right offset honours the
-// contract (data unchanged until on_sent; the next send begins with the unACKed rest).
+// contract (data unchanged until on_sent; after a short on_sent the next send begins with the
+// rest). Each send is copied into a heap buffer of exactly its size, freed at on_sent (and
+// replaced at the next send after close()): ASan reports any read of it by the stack afterwards.
 std::byte g_src[256 * 1024];
 
 struct app final : tcp_events {
@@ -105,6 +108,7 @@ struct app final : tcp_events {
     struct conn {
         sock_id id;
         std::size_t off = 0;
+        std::unique_ptr<std::byte[]> buf; // the outstanding send's data
         bool sending = false;
         bool live = false;
     };
@@ -121,7 +125,7 @@ struct app final : tcp_events {
     void add(sock_id id) {
         for (auto& c : conns) {
             if (!c.live) {
-                c = conn{id, 0, false, true};
+                c = conn{id, 0, nullptr, false, true};
                 return;
             }
         }
@@ -153,6 +157,7 @@ struct app final : tcp_events {
             return;
         }
         c->off = (c->off + std::size_t(res)) % sizeof(g_src);
+        c->buf.reset();
     }
 };
 
@@ -322,7 +327,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
                 if (c.live && !c.sending) {
                     const std::size_t len =
                         std::min<std::size_t>(sizeof(g_src) - c.off, 1 + (act >> 3) * 3000u);
-                    c.sending = st.send(c.id, {g_src + c.off, len});
+                    c.buf.reset(new std::byte[len]);
+                    std::memcpy(c.buf.get(), g_src + c.off, len);
+                    c.sending = st.send(c.id, {c.buf.get(), len});
                 }
                 break;
             case 2:

@@ -103,6 +103,18 @@ struct stack::impl {
     void send_ack(detail::tcb& t, uint64_t now) { emit(t, t.snd_nxt, 0, tcp_flag::ack, now); }
     void send_syn(detail::tcb& t, uint64_t now);
     void retransmit_head(detail::tcb& t, uint64_t now); // one segment at snd_una
+    // Send-side buffering (tcp_output.cc). copy_send: bytes [seq, seq + len) of the send
+    // sequence space (owned ring, then the user's send) to dst.
+    void copy_send(const detail::tcb& t, uint32_t seq, uint32_t len, std::byte* dst) const;
+    // Releases the user's outstanding send: its unACKed bytes move to the owned ring and the
+    // send is no longer outstanding. false (nothing changed): no memory for the ring.
+    bool own_send(detail::tcb& t);
+    void trim_owned(detail::tcb& t); // drops owned bytes below snd_una
+    // Every byte of the outstanding send has been transmitted at least once: the owner may
+    // have its buffer back (on_sent), the stack keeps what is not ACKed.
+    static bool send_transmitted(const detail::tcb& t) noexcept {
+        return t.send_outstanding && detail::seq_ge(t.snd_max, t.snd_seq + t.snd_len);
+    }
     uint16_t window_field(detail::tcb& t, bool syn) const noexcept;
     uint32_t rcv_space(const detail::tcb& t) const noexcept;
     void maybe_ack(detail::tcb& t, uint64_t now);

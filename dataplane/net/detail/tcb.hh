@@ -14,8 +14,10 @@
 //   TIME-WAIT -2MSL-> CLOSED; RST (RFC 5961 checked) or a failure -> CLOSED from anywhere.
 //
 // Sequence variables follow RFC 9293 3.3.1, plus snd_max (highest sequence sent: after an RTO
-// snd_nxt goes back to snd_una and climbs again) and the user's send buffer, which covers
-// [snd_seq, snd_seq + snd_len). A FIN, once queued, sits at fin_seq.
+// snd_nxt goes back to snd_una and climbs again). The bytes the stack can (re)send are one
+// sequence space in two parts: [snd_seq - owned.len, snd_seq) in the stack's own ring (sent but
+// not yet ACKed bytes of sends already reported complete, or kept at close()), then the user's
+// outstanding send at [snd_seq, snd_seq + snd_len). A FIN, once queued, sits at fin_seq.
 #include "dataplane/net/addr.hh"
 
 #include <array>
@@ -73,6 +75,16 @@ struct rx_ring {
     uint8_t n_ooo = 0;
 };
 
+// Send-side retention ring: bytes of completed sends that are not ACKed yet, oldest first at
+// `head`. Its storage grows to the largest flight it had to hold and is then reused (no
+// allocation per send); it is freed with the connection.
+struct tx_ring {
+    std::unique_ptr<std::byte[]> buf;
+    uint32_t cap = 0;
+    uint32_t head = 0;
+    uint32_t len = 0;
+};
+
 struct tcb {
     // Identity and state.
     uint32_t gen = 0;
@@ -113,8 +125,8 @@ struct tcb {
     uint32_t snd_wnd = 0, max_snd_wnd = 0, snd_wl1 = 0, snd_wl2 = 0;
     uint32_t cwnd = 0, ssthresh = 0, recover = 0;
     uint32_t fin_seq = 0;
-    const std::byte* snd_data = nullptr; // user's (or, after close, our) send buffer
-    uint32_t snd_seq = 0;                // sequence of snd_data[0]
+    const std::byte* snd_data = nullptr; // the user's outstanding send
+    uint32_t snd_seq = 0;                // sequence of snd_data[0] = end of `owned`
     uint32_t snd_len = 0;
 
     // Receive sequence space.
@@ -141,7 +153,7 @@ struct tcb {
     uint32_t heap_pos = UINT32_MAX;
 
     rx_ring rx;
-    std::vector<std::byte> owned; // unACKed send bytes copied at close()
+    tx_ring owned; // unACKed bytes of completed sends, ending at snd_seq
 
     uint64_t next_deadline() const noexcept {
         uint64_t d = t_rtx < t_delack ? t_rtx : t_delack;
@@ -151,8 +163,10 @@ struct tcb {
         return state != tcp_state::closed && state != tcp_state::syn_sent &&
                state != tcp_state::syn_rcvd;
     }
-    // End of the data the stack can send: the user's buffer, or what it already sent.
+    // End of the data the stack can send: the user's buffer, or what it already holds.
     uint32_t data_end() const noexcept { return send_outstanding ? snd_seq + snd_len : snd_seq; }
+    // Sequence of the first byte in `owned`.
+    uint32_t owned_seq() const noexcept { return snd_seq - owned.len; }
 };
 
 } // namespace apprelay::net::detail

@@ -1,9 +1,10 @@
 // Two stacks back to back through an in-memory wire with a fake clock and a configurable fault
 // pattern (drop every Nth frame, swap a frame with the next, duplicate every Mth). Each side
 // sends 10 MiB to the other; both streams must arrive byte-exact, end with EOF, and every send
-// must be reported by on_sent.
+// must be reported by on_sent (the sender scribbles over its buffer right after each one).
 #include "harness.hh"
 
+#include <algorithm>
 #include <deque>
 #include <gtest/gtest.h>
 #include <memory>
@@ -84,9 +85,18 @@ struct app final : tcp_events {
     std::size_t since_pause = 0;
     int errors = 0;
 
+    // Sends go from a 64 KiB buffer (one TLS chunk) that is scribbled over right after each
+    // on_sent and refilled: the stack must not read bytes it reported as sent.
+    bytes buf = bytes(64 * 1024);
+    uint32_t chunks = 0;
+
     void pump() {
         if (acked < out.size()) {
-            st->send(conn, std::span<const std::byte>(out).subspan(acked));
+            // Vary the size so sends end mid-segment and completions land anywhere.
+            const std::size_t len = std::min<std::size_t>(buf.size() - (chunks++ % 7) * 1000,
+                                                          out.size() - acked);
+            std::copy_n(out.begin() + std::ptrdiff_t(acked), len, buf.begin());
+            st->send(conn, std::span<const std::byte>(buf).first(len));
         } else if (!write_closed) {
             write_closed = true;
             st->shutdown_write(conn);
@@ -122,6 +132,7 @@ struct app final : tcp_events {
             return;
         }
         acked += std::size_t(res);
+        std::fill(buf.begin(), buf.end(), std::byte{0xa5});
         pump();
     }
 };

@@ -1,6 +1,7 @@
 // TCP behaviour of the stack against a hand-driven peer.
 #include "fixture.hh"
 
+#include <algorithm>
 #include <cerrno>
 
 namespace apprelay::net::testing {
@@ -382,12 +383,10 @@ TEST_F(tcp_conn, zero_window_from_peer_stops_sending_and_persist_probes_it) {
         sent += f.payload.size();
     }
     EXPECT_EQ(sent, 2999u);
-    EXPECT_EQ(ev.of(c.id).sent, std::vector<int>{1}) << "the probe byte was ACKed: short";
-    ASSERT_TRUE(st->send(c.id, std::span<const std::byte>(d).subspan(1)));
-    EXPECT_TRUE(out().empty()) << "the rest is in flight already";
+    EXPECT_EQ(ev.of(c.id).sent, std::vector<int>{3000}) << "all transmitted: complete";
     c.ack += 2999;
     seg(c, k_ack);
-    EXPECT_EQ(ev.of(c.id).sent, (std::vector<int>{1, 2999}));
+    EXPECT_EQ(ev.of(c.id).sent, std::vector<int>{3000});
 }
 
 TEST_F(tcp_conn, peer_window_scale_multiplies_its_window_field) {
@@ -401,39 +400,44 @@ TEST_F(tcp_conn, peer_window_scale_multiplies_its_window_field) {
 
 TEST_F(tcp_conn, short_on_sent_then_send_of_the_rest_continues_the_stream) {
     start();
-    client c = handshake();
-    const bytes d = pattern(4000);
+    // Peer window of two segments, no scaling: the send cannot go out whole.
+    client c = handshake(40000, cat({opt_mss(1460)}), 2920);
+    bytes d = pattern(4000);
+    const bytes original = d;
     ASSERT_TRUE(st->send(c.id, d));
     auto o = out();
-    ASSERT_EQ(o.size(), 3u);
+    ASSERT_EQ(o.size(), 2u);
     EXPECT_FALSE(st->send(c.id, d)) << "second send while one is outstanding";
+    // The peer takes one segment but shrinks its window: the right edge stays, nothing more
+    // goes out, so the send cannot complete: short on_sent of what was ACKed.
     c.ack += 1460;
-    seg(c, k_ack);
+    seg(c, k_ack, {}, 1460);
+    EXPECT_TRUE(out().empty());
     ASSERT_EQ(ev.of(c.id).sent, std::vector<int>{1460}) << "short: only bytes ACKed";
     // Not yet re-sent: the next ACK arrives while no send is outstanding.
     c.ack += 1460;
-    seg(c, k_ack);
+    seg(c, k_ack, {}, 1460);
     EXPECT_EQ(ev.of(c.id).sent.size(), 1u);
-    const bytes rest(d.begin() + 1460, d.end());
+    // The owner re-sends the rest from a new buffer; the old one is gone.
+    std::fill(d.begin(), d.end(), std::byte{0xee});
+    const bytes& rest = keep(bytes(original.begin() + 1460, original.end()));
     ASSERT_TRUE(st->send(c.id, rest));
+    auto r = out();
+    ASSERT_EQ(r.size(), 1u) << "bytes up to 2920 were sent by the first send";
+    EXPECT_EQ(r[0].seq, c.ack);
+    EXPECT_EQ(r[0].payload, bytes(original.begin() + 2920, original.end()));
     st->run_timers(now);
-    ASSERT_EQ(ev.of(c.id).sent.size(), 2u);
-    EXPECT_EQ(ev.of(c.id).sent[1], 1460) << "ACKed while idle: reported against the new send";
-    ASSERT_TRUE(st->send(c.id, std::span<const std::byte>(d).subspan(2920)));
-    EXPECT_TRUE(out().empty()) << "all 4000 bytes were transmitted by the first send";
-    c.ack += 1080;
-    seg(c, k_ack);
-    EXPECT_EQ(ev.of(c.id).sent, (std::vector<int>{1460, 1460, 1080}));
+    EXPECT_EQ(ev.of(c.id).sent, (std::vector<int>{1460, 2540})) << "then complete at once";
 }
 
 TEST_F(tcp_conn, rto_before_the_owner_resends_the_rest_waits_for_its_send) {
     start();
-    client c = handshake();
+    client c = handshake(40000, cat({opt_mss(1460)}), 2920);
     const bytes& d = keep(pattern(3000));
     ASSERT_TRUE(st->send(c.id, d));
-    EXPECT_EQ(out().size(), 3u);
+    EXPECT_EQ(out().size(), 2u);
     c.ack += 1460;
-    seg(c, k_ack);
+    seg(c, k_ack, {}, 1460); // window shrinks: the send stays incomplete
     ASSERT_EQ(ev.of(c.id).sent, std::vector<int>{1460});
     // The owner has not re-sent the unACKed rest yet when the RTO fires: nothing to send from,
     // and the connection must survive.
@@ -455,6 +459,8 @@ TEST_F(tcp_conn, rto_retransmits_with_exponential_backoff_then_fails_with_etimed
     client c = handshake();
     ASSERT_TRUE(st->send(c.id, keep(pattern(100))));
     EXPECT_EQ(one().payload.size(), 100u);
+    st->run_timers(now);
+    EXPECT_EQ(ev.of(c.id).sent, std::vector<int>{100}) << "complete once transmitted";
     // RTT sample from the handshake is ~0, so RTO = rto_min (200 ms); then 400, 800.
     const uint64_t t0 = now;
     std::vector<uint64_t> at;
@@ -473,8 +479,8 @@ TEST_F(tcp_conn, rto_retransmits_with_exponential_backoff_then_fails_with_etimed
     st->run_timers(now);
     auto rst = one();
     EXPECT_EQ(rst.flags & k_rst, k_rst);
-    EXPECT_EQ(ev.of(c.id).sent, std::vector<int>{-ETIMEDOUT});
-    EXPECT_EQ(ev.of(c.id).recv_end, -ETIMEDOUT);
+    EXPECT_EQ(ev.of(c.id).sent, std::vector<int>{100}) << "no send outstanding to fail";
+    EXPECT_EQ(ev.of(c.id).recv_end, -ETIMEDOUT) << "the owned bytes are dropped";
     EXPECT_EQ(st->connections(), 0u);
     EXPECT_EQ(st->count(counter::tcp_timeouts), 1u);
     EXPECT_FALSE(st->send(c.id, keep(pattern(1)))) << "stale id";
@@ -934,6 +940,8 @@ TEST_F(tcp_conn, no_tx_buffer_is_counted_and_recovered_by_retransmission) {
     ASSERT_TRUE(st->send(c.id, keep(pattern(100))));
     EXPECT_GE(st->count(counter::tx_nobufs), 1u);
     lk.fail_alloc = false;
+    st->run_timers(now); // on_sent: the send counts as transmitted (and lost)
+    EXPECT_EQ(ev.of(c.id).sent, std::vector<int>{100});
     now = st->next_timer_ns();
     st->run_timers(now);
     auto r = one();
@@ -955,6 +963,254 @@ TEST_F(tcp_conn, keepalive_probes_an_idle_peer_then_gives_up) {
     run_until(now + 2000 * k_ms);
     EXPECT_EQ(ev.of(c.id).recv_end, -ETIMEDOUT);
     EXPECT_EQ(st->count(counter::tcp_keepalive_probes), 3u);
+}
+
+// --- sends complete at transmission (the stack keeps the unACKed bytes) ---
+
+TEST_F(tcp_conn, fully_transmitted_send_completes_without_an_ack_and_the_next_goes_out_at_once) {
+    start();
+    client c = handshake();
+    const std::size_t base = st->memory_bytes();
+    bytes a = pattern(4000, 3);
+    const bytes a0 = a;
+    ASSERT_TRUE(st->send(c.id, a));
+    EXPECT_EQ(out().size(), 3u);
+    EXPECT_TRUE(ev.of(c.id).sent.empty()) << "never from inside send()";
+    st->run_timers(now); // no ACK from the peer at all
+    ASSERT_EQ(ev.of(c.id).sent, std::vector<int>{4000});
+    EXPECT_EQ(st->memory_bytes() - base, 4000u) << "exactly the unACKed bytes are kept";
+    std::fill(a.begin(), a.end(), std::byte{0xee}); // the owner reuses its buffer
+    const bytes& b = keep(pattern(2000, 4));
+    ASSERT_TRUE(st->send(c.id, b));
+    auto o = out();
+    ASSERT_EQ(o.size(), 2u) << "the second send goes out at once, still without an ACK";
+    EXPECT_EQ(o[0].seq, c.ack + 4000);
+    EXPECT_EQ(o[0].payload, bytes(b.begin(), b.begin() + 1460));
+    EXPECT_EQ(o[1].payload, bytes(b.begin() + 1460, b.end()));
+    st->run_timers(now);
+    EXPECT_EQ(ev.of(c.id).sent, (std::vector<int>{4000, 2000}));
+    const std::size_t held = st->memory_bytes() - base;
+    EXPECT_GE(held, 6000u);
+    // The peer ACKs 2000 bytes; the rest of `a` is lost: it comes back from our copy.
+    c.ack += 2000;
+    seg(c, k_ack);
+    EXPECT_TRUE(out().empty());
+    now = st->next_timer_ns();
+    st->run_timers(now);
+    auto r = out();
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_EQ(r[0].seq, c.ack);
+    EXPECT_EQ(r[0].payload, bytes(a0.begin() + 2000, a0.begin() + 3460));
+    c.ack += 4000;
+    seg(c, k_ack);
+    // Storage is reused for the next send, not reallocated.
+    ASSERT_TRUE(st->send(c.id, b));
+    out();
+    st->run_timers(now);
+    EXPECT_EQ(ev.of(c.id).sent, (std::vector<int>{4000, 2000, 2000}));
+    EXPECT_EQ(st->memory_bytes() - base, held);
+}
+
+TEST_F(tcp_conn, graceful_close_after_completed_sends_delivers_owned_bytes_then_fin) {
+    start();
+    client c = handshake();
+    bytes a = pattern(2000, 9);
+    const bytes a0 = a;
+    ASSERT_TRUE(st->send(c.id, a));
+    EXPECT_EQ(out().size(), 2u);
+    st->run_timers(now);
+    ASSERT_EQ(ev.of(c.id).sent, std::vector<int>{2000});
+    std::fill(a.begin(), a.end(), std::byte{0xee});
+    // A second send, not ACKed either, then close while it is still outstanding.
+    bytes b = pattern(1000, 10);
+    const bytes b0 = b;
+    ASSERT_TRUE(st->send(c.id, b));
+    EXPECT_EQ(out().size(), 1u);
+    st->close(c.id, false);
+    std::fill(b.begin(), b.end(), std::byte{0xee});
+    // Everything was lost: the RTO resends from our copies, then the FIN.
+    bytes got;
+    bool fin = false;
+    for (int i = 0; i < 20 && !fin; ++i) {
+        now = st->next_timer_ns();
+        st->run_timers(now);
+        for (const auto& f : out()) {
+            if (f.seq == c.ack) {
+                got.insert(got.end(), f.payload.begin(), f.payload.end());
+                c.ack += uint32_t(f.payload.size());
+                fin = (f.flags & k_fin) != 0;
+                c.ack += fin ? 1 : 0;
+            }
+        }
+        seg(c, k_ack);
+    }
+    bytes want = a0;
+    want.insert(want.end(), b0.begin(), b0.end());
+    EXPECT_EQ(got, want);
+    EXPECT_TRUE(fin) << "FIN after everything owned";
+    EXPECT_EQ(ev.of(c.id).sent, std::vector<int>{2000}) << "no callbacks after close()";
+}
+
+// Checks every data frame against the stream it must carry; returns the highest byte seen.
+struct stream_check {
+    uint32_t base = 0;
+    bytes expect;
+    std::vector<bool> got;
+    void frames(const std::vector<out_frame>& o) {
+        for (const auto& f : o) {
+            if (f.payload.empty()) {
+                continue;
+            }
+            const uint32_t off = f.seq - base;
+            ASSERT_LE(off + f.payload.size(), expect.size());
+            EXPECT_EQ(f.payload, bytes(expect.begin() + off,
+                                       expect.begin() + off + std::ptrdiff_t(f.payload.size())))
+                << "frame at stream offset " << off;
+            if (got.size() < expect.size()) {
+                got.resize(expect.size());
+            }
+            std::fill(got.begin() + off, got.begin() + off + std::ptrdiff_t(f.payload.size()),
+                      true);
+        }
+    }
+    uint32_t contiguous() const {
+        uint32_t n = 0;
+        while (n < got.size() && got[n]) {
+            ++n;
+        }
+        return n;
+    }
+};
+
+TEST_F(tcp_conn, lost_owned_bytes_are_retransmitted_after_the_caller_scribbled_its_buffer) {
+    start();
+    client c = handshake();
+    stream_check sc;
+    sc.base = c.ack;
+    bytes a = pattern(4 * 1460, 5);
+    bytes b = pattern(20000, 6);
+    sc.expect = a;
+    sc.expect.insert(sc.expect.end(), b.begin(), b.end());
+    std::size_t b_done = 0;
+    ev.on_sent_hook = [&](sock_id id, int res) {
+        ASSERT_GT(res, 0);
+        // Scribble over whatever the stack released: it must never read it again.
+        if (ev.of(c.id).sent.size() == 1) {
+            ASSERT_EQ(std::size_t(res), a.size());
+            std::fill(a.begin(), a.end(), std::byte{0xee});
+            return;
+        }
+        ASSERT_LE(b_done + std::size_t(res), b.size());
+        std::fill(b.begin() + std::ptrdiff_t(b_done), b.begin() + std::ptrdiff_t(b_done) + res,
+                  std::byte{0xee});
+        b_done += std::size_t(res);
+        if (b_done < b.size()) { // short: the next send begins with the rest, unchanged
+            EXPECT_TRUE(st->send(id, std::span<const std::byte>(b).subspan(b_done)));
+        }
+    };
+    ASSERT_TRUE(st->send(c.id, a));
+    sc.frames(out());
+    st->run_timers(now);
+    ASSERT_EQ(ev.of(c.id).sent, std::vector<int>{4 * 1460});
+    ASSERT_TRUE(st->send(c.id, b));
+    sc.frames(out()); // the rest of the initial window: 6 segments of b
+    EXPECT_TRUE(ev.of(c.id).sent.size() == 1) << "b is not all transmitted yet";
+    // The peer got the first segment only; the second is lost: three duplicate ACKs.
+    c.ack += 1460;
+    seg(c, k_ack);
+    for (int i = 0; i < 3; ++i) {
+        seg(c, k_ack);
+    }
+    auto fr = out();
+    const bool rexmit = std::any_of(fr.begin(), fr.end(), [&](const out_frame& f) {
+        return f.seq == c.ack && f.payload.size() == 1460;
+    });
+    EXPECT_TRUE(rexmit) << "fast retransmit from the owned copy";
+    EXPECT_EQ(st->count(counter::tcp_fast_retransmits), 1u);
+    sc.frames(fr);
+    // Nothing more is ACKed: the RTO goes back to snd_una. Then the peer ACKs up to 500 bytes
+    // short of a's end: the next segment spans our copy and b's buffer.
+    now = st->next_timer_ns();
+    st->run_timers(now);
+    sc.frames(out());
+    c.ack = sc.base + uint32_t(a.size()) - 500;
+    seg(c, k_ack);
+    auto span_frames = out();
+    ASSERT_GE(span_frames.size(), 1u);
+    EXPECT_EQ(span_frames[0].seq, c.ack);
+    EXPECT_EQ(span_frames[0].payload.size(), 1460u) << "500 owned + 960 from b";
+    sc.frames(span_frames);
+    // From here the peer receives everything in order and ACKs it.
+    for (int i = 0; i < 1000 && sc.contiguous() < sc.expect.size(); ++i) {
+        c.ack = sc.base + sc.contiguous();
+        seg(c, k_ack);
+        auto o = out();
+        if (o.empty()) {
+            now = st->next_timer_ns(); // a hole the sender has not repaired yet: its RTO
+            st->run_timers(now);
+            o = out();
+        }
+        sc.frames(o);
+    }
+    ASSERT_EQ(sc.contiguous(), sc.expect.size());
+    seg(c, k_ack);
+    st->run_timers(now);
+    EXPECT_EQ(ev.of(c.id).sent.front(), 4 * 1460);
+    EXPECT_EQ(b_done, b.size()) << "b completed (maybe in short steps)";
+    EXPECT_EQ(st->connections(), 1u);
+}
+
+TEST_F(tcp_conn, owned_bytes_never_exceed_the_bytes_in_flight) {
+    start();
+    constexpr uint16_t k_wnd = 8192; // peer window, no scaling: bounds the flight
+    client c = handshake(40000, cat({opt_mss(1460)}), k_wnd);
+    const std::size_t base = st->memory_bytes();
+    stream_check sc;
+    sc.base = c.ack;
+    sc.expect = pattern(1 << 20, 8);
+    sc.got.assign(sc.expect.size(), false);
+    bytes buf(3000);
+    std::size_t done = 0;
+    std::size_t max_owned = 0;
+    bool outstanding = false;
+    auto pump = [&] {
+        if (!outstanding && done < sc.expect.size()) {
+            const std::size_t n = std::min(buf.size(), sc.expect.size() - done);
+            std::copy_n(sc.expect.begin() + std::ptrdiff_t(done), n, buf.begin());
+            ASSERT_TRUE(st->send(c.id, std::span<const std::byte>(buf).first(n)));
+            outstanding = true;
+        }
+    };
+    ev.on_sent_hook = [&](sock_id, int res) {
+        ASSERT_GT(res, 0);
+        done += std::size_t(res);
+        outstanding = false;
+        std::fill(buf.begin(), buf.end(), std::byte{0xee});
+    };
+    uint32_t sent_hi = 0;
+    for (int i = 0; i < 100000 && sc.contiguous() < sc.expect.size(); ++i) {
+        pump();
+        auto o = out();
+        sc.frames(o);
+        for (const auto& f : o) {
+            sent_hi = std::max<uint32_t>(sent_hi, f.seq + uint32_t(f.payload.size()) - sc.base);
+        }
+        st->run_timers(now); // on_sent for a transmitted send, no ACK needed
+        const std::size_t owned = st->memory_bytes() - base;
+        max_owned = std::max(max_owned, owned);
+        // The ring holds only transmitted, unACKed bytes, and its storage never exceeds the
+        // largest flight the peer's window allows.
+        EXPECT_LE(owned, std::size_t(k_wnd));
+        if (!outstanding && done < sc.expect.size()) {
+            continue; // the owner sends more before any ACK
+        }
+        c.ack = sc.base + std::min<uint32_t>(sent_hi, sc.contiguous());
+        seg(c, k_ack, {}, k_wnd);
+        now += k_ms;
+    }
+    ASSERT_EQ(sc.contiguous(), sc.expect.size());
+    EXPECT_EQ(done, sc.expect.size());
+    EXPECT_GT(max_owned, 0u) << "sends completed before their ACK";
 }
 
 TEST_F(tcp_conn, bytes_per_connection_covers_at_least_the_tcb) {
