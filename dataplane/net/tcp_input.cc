@@ -63,6 +63,33 @@ uint16_t negotiated_mss(uint16_t ours, const tcp_options& o) noexcept {
 
 } // namespace
 
+// A TCB in SYN-RCVD for a segment that reached listener li (a SYN, or the ACK that redeems
+// a SYN cookie), in the lookup table; nullptr when the pool or the table is full (counted).
+tcb* stack::impl::new_passive_tcb(listener& l, uint32_t li, const received_frame& rf,
+                                  const tcp_segment& s) {
+    uint32_t idx = 0;
+    tcb* t = alloc_tcb(idx);
+    if (t == nullptr) {
+        bump(counter::tcp_syn_dropped);
+        return nullptr;
+    }
+    t->remote_ip = rf.src_ip;
+    t->remote_port = s.src_port;
+    t->local_port = s.dst_port;
+    t->state = tcp_state::syn_rcvd;
+    if (!hash_insert(*t, idx)) {
+        kill(*t);
+        bump(counter::tcp_syn_dropped);
+        return nullptr;
+    }
+    t->remote_mac = rf.src_mac;
+    t->mac_ok = true;
+    t->passive = true;
+    t->listener = li;
+    t->listener_gen = l.gen;
+    return t;
+}
+
 void stack::impl::listen_input(listener& l, uint32_t li, const received_frame& rf,
                                const tcp_segment& s, uint64_t now) {
     // RFC 9293 3.10.7.2, LISTEN.
@@ -80,26 +107,10 @@ void stack::impl::listen_input(listener& l, uint32_t li, const received_frame& r
                     send_rst_reply(rf, s);
                     return;
                 }
-                uint32_t idx = 0;
-                tcb* t = alloc_tcb(idx);
+                tcb* t = new_passive_tcb(l, li, rf, s);
                 if (t == nullptr) {
-                    bump(counter::tcp_syn_dropped);
                     return;
                 }
-                t->remote_ip = rf.src_ip;
-                t->remote_port = s.src_port;
-                t->local_port = s.dst_port;
-                t->state = tcp_state::syn_rcvd;
-                if (!hash_insert(*t, idx)) {
-                    kill(*t);
-                    bump(counter::tcp_syn_dropped);
-                    return;
-                }
-                t->remote_mac = rf.src_mac;
-                t->mac_ok = true;
-                t->passive = true;
-                t->listener = li;
-                t->listener_gen = l.gen;
                 t->iss = s.ack - 1;
                 t->snd_una = t->iss; // the ACK below acknowledges the cookie SYN-ACK
                 t->snd_nxt = t->snd_max = t->iss + 1;
@@ -147,26 +158,10 @@ void stack::impl::listen_input(listener& l, uint32_t li, const received_frame& r
         bump(counter::tcp_syn_cookies_sent);
         return;
     }
-    uint32_t idx = 0;
-    tcb* t = alloc_tcb(idx);
+    tcb* t = new_passive_tcb(l, li, rf, s);
     if (t == nullptr) {
-        bump(counter::tcp_syn_dropped);
         return;
     }
-    t->remote_ip = rf.src_ip;
-    t->remote_port = s.src_port;
-    t->local_port = s.dst_port;
-    t->state = tcp_state::syn_rcvd;
-    if (!hash_insert(*t, idx)) {
-        kill(*t);
-        bump(counter::tcp_syn_dropped);
-        return;
-    }
-    t->remote_mac = rf.src_mac;
-    t->mac_ok = true;
-    t->passive = true;
-    t->listener = li;
-    t->listener_gen = l.gen;
     ++l.half_open;
     t->half_open = true;
     t->iss = make_isn(_key, tuple, now);

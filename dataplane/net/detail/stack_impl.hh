@@ -74,6 +74,8 @@ struct stack::impl {
 
     // --- TCP (tcp_input.cc / tcp_output.cc) ---
     void tcp_input(const received_frame& rf, std::span<const std::byte> seg, uint64_t now);
+    detail::tcb* new_passive_tcb(listener& l, uint32_t li, const received_frame& rf,
+                                 const tcp_segment& s);
     void listen_input(listener& l, uint32_t li, const received_frame& rf, const tcp_segment& s,
                       uint64_t now);
     void syn_sent_input(detail::tcb& t, const tcp_segment& s, uint64_t now);
