@@ -7,6 +7,7 @@
 #include "control/enroll/server.hh"
 #include "control/settings.hh"
 #include "control/snapshot_build.hh"
+#include "control/store/etcd/etcd_store.hh"
 #include "control/store/sqlite.hh"
 #include "dataplane/base/log.hh"
 #include "dataplane/core/core_map.hh"
@@ -19,6 +20,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fmt/format.h>
 #include <fstream>
 #include <netdb.h>
 #include <nlohmann/json.hpp>
@@ -30,6 +32,27 @@
 
 namespace apprelay::control {
 namespace {
+
+// The etcd store's options from [store] and [fleet]; the fleet member follows the prefix.
+etcd::etcd_options etcd_options_of(const relay_settings& s) {
+    etcd::etcd_options o;
+    o.client.endpoints = s.store.endpoints;
+    o.client.ca_file = s.store.ca_file;
+    o.client.cert_file = s.store.cert_file;
+    o.client.key_file = s.store.key_file;
+    o.client.timeout_ms = static_cast<int>(s.store.timeout_ms);
+    o.prefix = s.store.prefix;
+    o.fleet.follow = true;
+    o.fleet.node = s.fleet.node;
+    if (o.fleet.node.empty()) {
+        // Stable across restarts: the server name and the tunnel port.
+        o.fleet.node = s.server_name + "-" + s.tunnel_listen.substr(s.tunnel_listen.rfind(':') + 1);
+    }
+    o.fleet.region = s.fleet.region;
+    o.fleet.address = s.fleet.address.empty() ? s.tunnel_listen : s.fleet.address;
+    o.fleet.lease_ttl_s = s.fleet.lease_ttl_s;
+    return o;
+}
 
 bool parse_addr(const std::string& hp, sockaddr_storage* ss, socklen_t* len, std::string* why) {
     auto c = hp.rfind(':');
@@ -140,6 +163,49 @@ result<int> make_single_listener(const std::string& hp, uint16_t* port, std::str
     return fds[0];
 }
 
+// How current the store's copy is, for status and the stats file.
+nlohmann::json store_json(const store_health& h) {
+    nlohmann::json j = {{"kind", h.fleet ? "etcd" : "sqlite"}, {"stale", h.stale}};
+    if (h.fleet) {
+        j["stale_s"] = h.stale_s;
+        j["revision"] = h.revision;
+        j["rereads"] = h.rereads;
+        j["records_skipped"] = h.skipped_records;
+        j["watch_restarts"] = h.watch_restarts;
+        j["lease_held"] = h.lease_held;
+    }
+    return j;
+}
+
+std::string store_metrics(const store_health& h) {
+    if (!h.fleet) {
+        return {};
+    }
+    std::string t;
+    t += "# HELP apprelay_store_stale 1 while etcd cannot prove the relay's copy current\n";
+    t += "# TYPE apprelay_store_stale gauge\n";
+    t += fmt::format("apprelay_store_stale {}\n", h.stale ? 1 : 0);
+    t += "# HELP apprelay_store_stale_seconds How long the relay has served an unproven copy\n";
+    t += "# TYPE apprelay_store_stale_seconds gauge\n";
+    t += fmt::format("apprelay_store_stale_seconds {:.1f}\n", h.stale_s);
+    t += "# HELP apprelay_store_revision etcd revision of the relay's copy\n";
+    t += "# TYPE apprelay_store_revision gauge\n";
+    t += fmt::format("apprelay_store_revision {}\n", h.revision);
+    t += "# HELP apprelay_store_rereads_total Whole-prefix reads (start, compaction)\n";
+    t += "# TYPE apprelay_store_rereads_total counter\n";
+    t += fmt::format("apprelay_store_rereads_total {}\n", h.rereads);
+    t += "# HELP apprelay_store_records_skipped_total Malformed or oversized etcd records\n";
+    t += "# TYPE apprelay_store_records_skipped_total counter\n";
+    t += fmt::format("apprelay_store_records_skipped_total {}\n", h.skipped_records);
+    t += "# HELP apprelay_store_watch_restarts_total Watches lost and opened again\n";
+    t += "# TYPE apprelay_store_watch_restarts_total counter\n";
+    t += fmt::format("apprelay_store_watch_restarts_total {}\n", h.watch_restarts);
+    t += "# HELP apprelay_store_lease_held 1 while the relay's presence lease is alive\n";
+    t += "# TYPE apprelay_store_lease_held gauge\n";
+    t += fmt::format("apprelay_store_lease_held {}\n", h.lease_held ? 1 : 0);
+    return t;
+}
+
 // Live tunnels per connector id and the version each reported, from the workers' events.
 struct connector_live {
     uint32_t tunnels = 0;
@@ -150,7 +216,7 @@ struct connector_live {
 class control_plane {
 public:
     control_plane(const relay_settings& settings, const relay_options& opts,
-                  std::unique_ptr<sqlite_store> store, relay::config_cell* cell,
+                  std::unique_ptr<store> store, relay::config_cell* cell,
                   const std::vector<std::unique_ptr<relay::worker>>* workers,
                   uint64_t published_version)
         : _settings(settings), _opts(opts), _store(std::move(store)), _api(*_store), _cell(cell),
@@ -172,7 +238,7 @@ private:
 
     const relay_settings& _settings;
     const relay_options& _opts;
-    std::unique_ptr<sqlite_store> _store;
+    std::unique_ptr<store> _store;
     admin_api _api;
     relay::config_cell* _cell;
     const std::vector<std::unique_ptr<relay::worker>>* _workers;
@@ -198,7 +264,9 @@ http_response control_plane::handle(const http_request& r) {
     };
     nlohmann::json st = _status;
     st["config_version"] = _version;
-    st["config_stale"] = _stale;
+    const auto h = _store->health();
+    st["config_stale"] = _stale || h.stale;
+    st["store"] = store_json(h);
     st["uptime_s"] = live.now - _started;
     uint64_t up = 0;
     for (const auto& w : *_workers) {
@@ -341,6 +409,7 @@ std::string control_plane::metrics() {
     in.config_version = _version;
     in.uptime_s = uint64_t(unix_now() - _started);
     std::string text = render_prometheus(in);
+    text += store_metrics(_store->health());
     if (_dpdk != nullptr) {
         text += _dpdk->metrics();
     }
@@ -367,7 +436,9 @@ nlohmann::json control_plane::stats() {
     }
     j["connectors"] = conns;
     j["config_version"] = _version;
-    j["config_stale"] = _stale;
+    const auto h = _store->health();
+    j["config_stale"] = _stale || h.stale;
+    j["store"] = store_json(h);
     if (_dpdk != nullptr) {
         j["dpdk"] = _dpdk->stats();
     }
@@ -403,7 +474,7 @@ void control_plane::finish() {
 }
 
 // Enrollment (PROTOCOL.md step 5) on the enrollment thread with its own store connection.
-enroll::enroll_reply enroll_one(sqlite_store& st, const enroll::enroll_request& req,
+enroll::enroll_reply enroll_one(store& st, const enroll::enroll_request& req,
                                 uint16_t tunnel_port, const std::string& server_name,
                                 const std::string& relay_ca_pem) {
     enroll::enroll_reply reply;
@@ -474,31 +545,56 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     }
     ::chmod(settings.state_dir.c_str(), 0700);
     const std::string db_path = (state / "apprelay.db").string();
-    auto st = sqlite_store::open(db_path, settings.server_name);
-    if (!st) {
-        log::error("store_failed", {{"db", db_path}, {"reason", st.err().message}});
-        return 2;
-    }
-    auto enroll_store = sqlite_store::open(db_path, settings.server_name);
-    if (!enroll_store) {
-        log::error("store_failed", {{"db", db_path}, {"reason", enroll_store.err().message}});
-        return 2;
-    }
-    std::unique_ptr<sqlite_store> store = std::move(st.value());
-    // After a restart nothing holds a tunnel yet: every connector starts inactive.
-    {
-        auto view = store->load();
+    const std::string store_name =
+        settings.store.kind == "etcd" ? "etcd " + settings.store.prefix : db_path;
+    std::unique_ptr<store> main_store;
+    std::unique_ptr<store> enroll_store;
+    if (settings.store.kind == "etcd") {
+        // The control thread's store follows the fleet's prefix and holds presence; the
+        // enrollment thread's reads and writes etcd directly.
+        auto eo = etcd_options_of(settings);
+        auto st = etcd::etcd_store::open(eo, settings.server_name);
+        if (!st) {
+            log::error("store_failed", {{"store", store_name}, {"reason", st.err().message}});
+            return 2;
+        }
+        eo.fleet.follow = false;
+        auto es = etcd::etcd_store::open(eo, settings.server_name);
+        if (!es) {
+            log::error("store_failed", {{"store", store_name}, {"reason", es.err().message}});
+            return 2;
+        }
+        main_store = std::move(st.value());
+        enroll_store = std::move(es.value());
+    } else {
+        auto st = sqlite_store::open(db_path, settings.server_name);
+        if (!st) {
+            log::error("store_failed", {{"store", store_name}, {"reason", st.err().message}});
+            return 2;
+        }
+        auto es = sqlite_store::open(db_path, settings.server_name);
+        if (!es) {
+            log::error("store_failed", {{"store", store_name}, {"reason", es.err().message}});
+            return 2;
+        }
+        main_store = std::move(st.value());
+        enroll_store = std::move(es.value());
+        // After a restart nothing holds a tunnel yet: every connector starts inactive. (In a
+        // fleet, status comes from the relays' leased presence, so there is nothing to reset.)
+        auto view = main_store->load();
         if (view) {
             for (const auto& c : view->connectors) {
                 if (c.status == connector_status::active) {
-                    (void)store->set_connector_status(c.id, connector_status::inactive, unix_now());
+                    (void)main_store->set_connector_status(c.id, connector_status::inactive,
+                                                           unix_now());
                 }
             }
         }
     }
+    std::unique_ptr<store>& store = main_store;
     auto view = store->load();
     if (!view) {
-        log::error("store_failed", {{"db", db_path}, {"reason", view.err().message}});
+        log::error("store_failed", {{"store", store_name}, {"reason", view.err().message}});
         return 2;
     }
     for (const auto& w : view->warnings) {
@@ -546,7 +642,7 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     eo.listen_fd = *enroll_fd;
     eo.cert_chain_pem_path = *chain;
     eo.key_pem_path = *key;
-    sqlite_store* es = enroll_store.value().get();
+    control::store* es = enroll_store.get();
     auto enroller = enroll::server::start(
         eo,
         [es, tunnel_port, &settings, &identity](const enroll::enroll_request& req) {

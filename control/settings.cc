@@ -118,6 +118,62 @@ std::string host_of(const std::string& host_port) {
     return host_port.substr(0, host_port.rfind(':'));
 }
 
+bool load_store(const toml::table& t, const toml::table& f, const std::filesystem::path& base,
+                relay_settings& s, std::string* why) {
+    auto& st = s.store;
+    if (!known_keys(t, "store",
+                    {"kind", "endpoints", "prefix", "ca_file", "cert_file", "key_file",
+                     "timeout_ms"},
+                    why) ||
+        !get_str(t, "store", "kind", &st.kind, why) ||
+        !get_str_list(t, "store", "endpoints", &st.endpoints, why) ||
+        !get_str(t, "store", "prefix", &st.prefix, why) ||
+        !get_str(t, "store", "ca_file", &st.ca_file, why) ||
+        !get_str(t, "store", "cert_file", &st.cert_file, why) ||
+        !get_str(t, "store", "key_file", &st.key_file, why) ||
+        !get_u32(t, "store", "timeout_ms", &st.timeout_ms, 100, 60'000, why)) {
+        return false;
+    }
+    auto& fl = s.fleet;
+    if (!known_keys(f, "fleet", {"node", "region", "address", "lease_ttl_s"}, why) ||
+        !get_str(f, "fleet", "node", &fl.node, why) ||
+        !get_str(f, "fleet", "region", &fl.region, why) ||
+        !get_str(f, "fleet", "address", &fl.address, why) ||
+        !get_u32(f, "fleet", "lease_ttl_s", &fl.lease_ttl_s, 2, 600, why)) {
+        return false;
+    }
+    if (st.kind != "sqlite" && st.kind != "etcd") {
+        *why = fmt::format("store.kind: '{}' is not \"sqlite\" or \"etcd\"", st.kind);
+        return false;
+    }
+    if (st.kind == "etcd" && st.endpoints.empty()) {
+        *why = "store.endpoints: required with store.kind = \"etcd\" (host:port of each member)";
+        return false;
+    }
+    for (const auto& e : st.endpoints) {
+        auto colon = e.rfind(':');
+        if (colon == std::string::npos || colon == 0 || colon + 1 == e.size() ||
+            e.find_first_not_of("0123456789", colon + 1) != std::string::npos) {
+            *why = fmt::format("store.endpoints: '{}' is not host:port", e);
+            return false;
+        }
+    }
+    if (st.prefix.empty() || st.prefix.back() != '/') {
+        *why = fmt::format("store.prefix: '{}' must end with '/'", st.prefix);
+        return false;
+    }
+    if (st.cert_file.empty() != st.key_file.empty()) {
+        *why = "store.cert_file and store.key_file go together";
+        return false;
+    }
+    for (auto* file : {&st.ca_file, &st.cert_file, &st.key_file}) {
+        if (!file->empty()) {
+            *file = resolve(base, *file);
+        }
+    }
+    return true;
+}
+
 bool load_dpdk(const toml::table& t, relay_settings& s, std::string* why) {
     auto& d = s.dpdk;
     if (!known_keys(t, "dpdk",
@@ -244,7 +300,8 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
     relay_settings s;
     for (const auto& [k, v] : root) {
         if (k.str() != "relay" && k.str() != "admin" && k.str() != "connectors" &&
-            k.str() != "limits" && k.str() != "tls" && k.str() != "dpdk") {
+            k.str() != "limits" && k.str() != "tls" && k.str() != "dpdk" && k.str() != "store" &&
+            k.str() != "fleet") {
             *why = fmt::format("[{}]: unknown section (tenants, groups, connectors and apps live "
                                "in the store: use apprelayctl)",
                                k.str());
@@ -358,6 +415,11 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
     }
     const toml::table* tt = root["tls"].as_table();
     if (!load_tls(tt != nullptr ? *tt : empty, s, why)) {
+        return false;
+    }
+    const toml::table* stt = root["store"].as_table();
+    const toml::table* ft = root["fleet"].as_table();
+    if (!load_store(stt != nullptr ? *stt : empty, ft != nullptr ? *ft : empty, base, s, why)) {
         return false;
     }
     const toml::table* dt = root["dpdk"].as_table();

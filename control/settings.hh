@@ -37,6 +37,26 @@ struct dpdk_settings {
 // "A.B.C.D" -> host-order address; false if it is not a dotted quad.
 bool parse_ipv4(const std::string& text, uint32_t* out);
 
+// [store]: where the control-plane objects live. "sqlite" (one host, <state_dir>/apprelay.db)
+// or "etcd" (a fleet of relays sharing one prefix, control/store/etcd).
+struct store_settings {
+    std::string kind = "sqlite";
+    std::vector<std::string> endpoints; // etcd members, host:port
+    std::string prefix = "/apprelay/";
+    std::string ca_file;   // TLS to etcd: CA of the members' certificates (empty: plaintext)
+    std::string cert_file; // client certificate and key for etcd (optional)
+    std::string key_file;
+    uint32_t timeout_ms = 2000; // every etcd call; past it an admin write is a 503
+};
+
+// [fleet]: this relay's presence among the fleet's relays (etcd store only).
+struct fleet_settings {
+    std::string node;      // unique name in the fleet; default: server_name + tunnel port
+    std::string region;    // groups of this region prefer this relay
+    std::string address;   // host:port connectors and peer relays reach its tunnel listener
+    uint32_t lease_ttl_s = 10;
+};
+
 struct relay_settings {
     std::string user_listen = "127.0.0.1:8443";
     std::string tunnel_listen = "127.0.0.1:8444";
@@ -57,6 +77,8 @@ struct relay_settings {
     uint32_t store_poll_ms = 1000; // changes made by another process/thread are picked up
 
     relay::relay_limits limits;
+    store_settings store;
+    fleet_settings fleet;
 
     // [tls]: suites and groups of each listener, session tickets for users. TLS 1.3 only.
     tls::tls_policy user_tls;

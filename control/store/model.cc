@@ -38,6 +38,8 @@ int http_status_of(store_error::kind k) noexcept {
         return 422;
     case store_error::kind::internal:
         return 500;
+    case store_error::kind::unavailable:
+        return 503;
     }
     return 500;
 }

@@ -1,7 +1,7 @@
 #pragma once
 // The control-plane store interface: every write is one transaction that either applies fully
 // and bumps the persisted config_version, or writes nothing and returns a store_error. SQLite
-// implements it (sqlite.hh); an etcd implementation can follow behind the same interface.
+// implements it for one host (sqlite.hh), etcd for a fleet of relays (etcd/etcd_store.hh).
 // Not thread-safe: give each thread its own store object on the same database.
 #include "control/store/model.hh"
 #include "tls/ca.hh"
@@ -25,6 +25,9 @@ struct store_error {
         conflict,  // 409: exists, in use, not empty
         refused,   // 422: rule refusal (deleting Default, expired token...)
         internal,  // 500: database or crypto failure
+        // 503: the store cannot be reached or has no quorum within its deadline; nothing was
+        // written, and the same request may succeed later.
+        unavailable,
     };
     kind k = kind::internal;
     std::string message; // names the object and the reason
@@ -119,6 +122,18 @@ struct connector_counts {
     uint64_t inactive = 0;
 };
 
+// How current a store's copy is (a fleet store follows etcd; SQLite is always current).
+struct store_health {
+    bool fleet = false;           // an etcd store following the fleet's prefix
+    bool stale = false;           // etcd unreachable: the relay serves its last good snapshot
+    double stale_s = 0;           // how long since the copy was last known current
+    int64_t revision = 0;         // etcd revision of the copy
+    uint64_t rereads = 0;         // whole-prefix re-reads (start, compaction, watch loss)
+    uint64_t skipped_records = 0; // malformed or oversized records refused
+    uint64_t watch_restarts = 0;
+    bool lease_held = false;      // presence lease alive
+};
+
 class store {
 public:
     virtual ~store() = default;
@@ -184,6 +199,8 @@ public:
     // fingerprints; returns their ids (config_version bumps only if any was removed).
     virtual store_result<changed<std::vector<std::string>>> purge_inactive(int64_t max_age_s,
                                                                            int64_t now) = 0;
+
+    virtual store_health health() { return {}; }
 };
 
 } // namespace apprelay::control

@@ -159,6 +159,8 @@ class Topology:
         self.listen_host = "127.0.0.1"
         self.user_port = 0
         self.tunnel_port = 0
+        self.store = {}       # [store] keys (kind = "etcd", endpoints, prefix...)
+        self.fleet = {}       # [fleet] keys (node, region, address, lease_ttl_s)
 
     def core_map(self):
         if self.workers <= 1:
@@ -180,6 +182,10 @@ class Topology:
                f"io = {q(self.io)}", ""]
         if self.dpdk:
             out += ["[dpdk]"] + [f"{k} = {value(v)}" for k, v in self.dpdk.items()] + [""]
+        if self.store:
+            out += ["[store]"] + [f"{k} = {value(v)}" for k, v in self.store.items()] + [""]
+        if self.fleet:
+            out += ["[fleet]"] + [f"{k} = {value(v)}" for k, v in self.fleet.items()] + [""]
         if self.connector_settings:
             out += ["[connectors]"]
             out += [f"{k} = {q(v)}" for k, v in self.connector_settings.items()] + [""]

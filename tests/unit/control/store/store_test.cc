@@ -1,5 +1,7 @@
+#include "control/store/etcd/etcd_store.hh"
 #include "control/store/pem_util.hh"
 #include "control/store/sqlite.hh"
+#include "tests/support/etcd_cluster.hh"
 #include "tls/ca.hh"
 
 #include <atomic>
@@ -17,21 +19,48 @@ namespace {
 using kind = store_error::kind;
 constexpr int64_t k_now = 1'700'000'000;
 
-class store_test : public ::testing::Test {
+// Every behaviour test runs on both stores: SQLite (one host) and etcd (a fleet; one real etcd
+// member on loopback for the whole suite, a fresh key prefix per test).
+class store_test : public ::testing::TestWithParam<std::string> {
 protected:
+    static void SetUpTestSuite() {
+        std::string why;
+        s_etcd = testing::etcd_cluster::start(1, &why);
+        ASSERT_NE(s_etcd, nullptr) << why;
+    }
+    static void TearDownTestSuite() { s_etcd.reset(); }
+
     void SetUp() override {
         char tmpl[] = "/tmp/apprelay-store-XXXXXX";
         ASSERT_NE(mkdtemp(tmpl), nullptr);
         _dir = tmpl;
         _path = _dir + "/store.db";
+        static int s_n = 0;
+        _prefix = "/t" + std::to_string(::getpid()) + "-" + std::to_string(++s_n) + "/";
         _s = open_store();
+        ASSERT_NE(_s, nullptr);
     }
     void TearDown() override {
         _s.reset();
         std::filesystem::remove_all(_dir);
     }
-    std::unique_ptr<sqlite_store> open_store(const std::string& server_name = "relay.test") {
-        auto r = sqlite_store::open(_path, server_name);
+    bool sqlite() const { return GetParam() == "sqlite"; }
+    etcd::etcd_options etcd_options() const {
+        etcd::etcd_options o;
+        o.client.endpoints = {s_etcd->endpoint(0)};
+        o.prefix = _prefix;
+        return o;
+    }
+    std::unique_ptr<store> open_store(const std::string& server_name = "relay.test") {
+        if (sqlite()) {
+            auto r = sqlite_store::open(_path, server_name);
+            EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.err().message);
+            return r.ok() ? std::move(r).value() : nullptr;
+        }
+        if (s_etcd == nullptr) {
+            return nullptr;
+        }
+        auto r = etcd::etcd_store::open(etcd_options(), server_name);
         EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.err().message);
         return r.ok() ? std::move(r).value() : nullptr;
     }
@@ -81,12 +110,19 @@ protected:
         return f;
     }
 
+    static inline std::unique_ptr<testing::etcd_cluster> s_etcd;
     std::string _dir;
     std::string _path;
-    std::unique_ptr<sqlite_store> _s;
+    std::string _prefix;
+    std::unique_ptr<store> _s;
 };
 
-TEST_F(store_test, relay_identity_is_created_once_and_server_cert_follows_the_name) {
+#define SQLITE_ONLY()                                                                              \
+    if (!sqlite()) {                                                                               \
+        GTEST_SKIP() << "the SQLite file itself";                                                  \
+    }
+
+TEST_P(store_test, relay_identity_is_created_once_and_server_cert_follows_the_name) {
     auto a = _s->relay().value();
     EXPECT_EQ(a.server_name, "relay.test");
     EXPECT_EQ(a.ca_fingerprint.size(), 64u);
@@ -104,7 +140,7 @@ TEST_F(store_test, relay_identity_is_created_once_and_server_cert_follows_the_na
     EXPECT_NE(c.server_cert_pem, a.server_cert_pem);
 }
 
-TEST_F(store_test, tenant_is_created_on_first_use_with_its_ca_and_default_group) {
+TEST_P(store_test, tenant_is_created_on_first_use_with_its_ca_and_default_group) {
     expect_error(_s->groups("contoso").err(), kind::not_found, "no tenant 'contoso'");
     uint64_t v0 = version();
     auto g = _s->create_group("contoso", "DR", "eu-west", k_now);
@@ -120,7 +156,7 @@ TEST_F(store_test, tenant_is_created_on_first_use_with_its_ca_and_default_group)
     EXPECT_EQ(t.created_at, k_now);
 }
 
-TEST_F(store_test, refused_group_writes_nothing) {
+TEST_P(store_test, refused_group_writes_nothing) {
     ASSERT_TRUE(_s->create_group("contoso", "DR", "", k_now).ok());
     uint64_t v = version();
     expect_error(_s->create_group("contoso", "DR", "", k_now).err(), kind::conflict,
@@ -133,7 +169,7 @@ TEST_F(store_test, refused_group_writes_nothing) {
     EXPECT_EQ(version(), v);
 }
 
-TEST_F(store_test, default_group_cannot_be_deleted_or_renamed) {
+TEST_P(store_test, default_group_cannot_be_deleted_or_renamed) {
     ASSERT_TRUE(_s->create_group("contoso", "DR", "", k_now).ok());
     uint64_t v = version();
     expect_error(_s->delete_group("contoso", "Default", true).err(), kind::refused,
@@ -147,7 +183,7 @@ TEST_F(store_test, default_group_cannot_be_deleted_or_renamed) {
     EXPECT_EQ(version(), v);
 }
 
-TEST_F(store_test, group_used_by_apps_cannot_be_deleted) {
+TEST_P(store_test, group_used_by_apps_cannot_be_deleted) {
     ASSERT_TRUE(_s->create_group("contoso", "DR", "", k_now).ok());
     ASSERT_TRUE(_s->create_app("contoso", "payroll", web("payroll.contoso.com", "DR"), k_now));
     ASSERT_TRUE(_s->create_app("contoso", "hr", web("hr.contoso.com", "DR"), k_now));
@@ -157,7 +193,7 @@ TEST_F(store_test, group_used_by_apps_cannot_be_deleted) {
     EXPECT_EQ(version(), v);
 }
 
-TEST_F(store_test, non_empty_group_is_deleted_only_with_force_which_moves_connectors) {
+TEST_P(store_test, non_empty_group_is_deleted_only_with_force_which_moves_connectors) {
     ASSERT_TRUE(_s->create_group("contoso", "DR", "", k_now).ok());
     std::string id = enroll_one("contoso", "DR");
     uint64_t v = version();
@@ -172,7 +208,7 @@ TEST_F(store_test, non_empty_group_is_deleted_only_with_force_which_moves_connec
     EXPECT_EQ(_s->groups("contoso").value().size(), 1u);
 }
 
-TEST_F(store_test, rename_group_keeps_its_connectors_and_apps) {
+TEST_P(store_test, rename_group_keeps_its_connectors_and_apps) {
     ASSERT_TRUE(_s->create_group("contoso", "DR", "", k_now).ok());
     std::string id = enroll_one("contoso", "DR");
     ASSERT_TRUE(_s->create_app("contoso", "hr", web("hr.contoso.com", "DR"), k_now));
@@ -181,7 +217,7 @@ TEST_F(store_test, rename_group_keeps_its_connectors_and_apps) {
     EXPECT_EQ(_s->apps("contoso").value().at(0).group, "Backup");
 }
 
-TEST_F(store_test, move_connector_stays_in_its_tenant) {
+TEST_P(store_test, move_connector_stays_in_its_tenant) {
     ASSERT_TRUE(_s->create_group("contoso", "DR", "", k_now).ok());
     ASSERT_TRUE(_s->create_group("fabrikam", "DR", "", k_now).ok());
     std::string id = enroll_one("contoso");
@@ -195,7 +231,7 @@ TEST_F(store_test, move_connector_stays_in_its_tenant) {
     EXPECT_EQ(_s->connectors("contoso").value().at(0).group, "DR");
 }
 
-TEST_F(store_test, deleted_connector_is_revoked) {
+TEST_P(store_test, deleted_connector_is_revoked) {
     std::string id = enroll_one("contoso");
     std::string fp = _s->connectors("contoso").value().at(0).fingerprint;
     ASSERT_TRUE(_s->delete_connector("contoso", id).ok());
@@ -206,7 +242,7 @@ TEST_F(store_test, deleted_connector_is_revoked) {
                  "no connector '" + id + "' in tenant 'contoso'");
 }
 
-TEST_F(store_test, app_rules_refuse_and_write_nothing) {
+TEST_P(store_test, app_rules_refuse_and_write_nothing) {
     ASSERT_TRUE(_s->create_app("contoso", "hr", web("hr.contoso.com"), k_now).ok());
     app_fields port_app;
     port_app.listen_port = 2222;
@@ -257,7 +293,7 @@ TEST_F(store_test, app_rules_refuse_and_write_nothing) {
     EXPECT_FALSE(_s->get_tenant("fabrikam").ok());
 }
 
-TEST_F(store_test, issued_app_certificate_is_reissued_when_the_hostname_changes) {
+TEST_P(store_test, issued_app_certificate_is_reissued_when_the_hostname_changes) {
     auto a = _s->create_app("contoso", "hr", web("hr.contoso.com"), k_now);
     ASSERT_TRUE(a.ok());
     EXPECT_TRUE(a->value.cert_issued);
@@ -277,7 +313,7 @@ TEST_F(store_test, issued_app_certificate_is_reissued_when_the_hostname_changes)
                  "no app 'nope' in tenant 'contoso'");
 }
 
-TEST_F(store_test, uploaded_app_certificate_must_parse_and_match_its_key) {
+TEST_P(store_test, uploaded_app_certificate_must_parse_and_match_its_key) {
     std::string why;
     auto ca = tls::make_ca("test CA", 30, &why).value();
     tls::leaf_options o;
@@ -303,7 +339,7 @@ TEST_F(store_test, uploaded_app_certificate_must_parse_and_match_its_key) {
     EXPECT_EQ(a->value.cert_pem, leaf.cert_pem);
 }
 
-TEST_F(store_test, delete_app) {
+TEST_P(store_test, delete_app) {
     ASSERT_TRUE(_s->create_app("contoso", "hr", web("hr.contoso.com"), k_now).ok());
     ASSERT_TRUE(_s->delete_app("contoso", "hr").ok());
     EXPECT_TRUE(_s->apps("contoso").value().empty());
@@ -313,7 +349,7 @@ TEST_F(store_test, delete_app) {
     EXPECT_TRUE(_s->create_app("fabrikam", "hr", web("hr.contoso.com"), k_now).ok());
 }
 
-TEST_F(store_test, token_has_the_api_format_and_is_listed_without_secret) {
+TEST_P(store_test, token_has_the_api_format_and_is_listed_without_secret) {
     auto t = _s->create_token("contoso", "Default", 600, k_now);
     ASSERT_TRUE(t.ok());
     const auto& tok = t->value;
@@ -333,7 +369,7 @@ TEST_F(store_test, token_has_the_api_format_and_is_listed_without_secret) {
                  "token ttl_s must be positive");
 }
 
-TEST_F(store_test, enrollment_consumes_the_token_once) {
+TEST_P(store_test, enrollment_consumes_the_token_once) {
     ASSERT_TRUE(_s->create_group("contoso", "Site1", "", k_now).ok());
     auto t = _s->create_token("contoso", "Site1", 600, k_now).value();
     uint64_t v = t.config_version;
@@ -357,7 +393,7 @@ TEST_F(store_test, enrollment_consumes_the_token_once) {
     EXPECT_EQ(_s->connectors("contoso").value().size(), 1u);
 }
 
-TEST_F(store_test, enrollment_refusals_create_nothing) {
+TEST_P(store_test, enrollment_refusals_create_nothing) {
     auto t = _s->create_token("contoso", "Default", 600, k_now).value().value;
     uint64_t v = version();
     expect_error(_s->enroll("art1.nope", "c", "1", signer(), k_now).err(), kind::invalid,
@@ -387,7 +423,7 @@ TEST_F(store_test, enrollment_refusals_create_nothing) {
     EXPECT_TRUE(_s->connectors("contoso").value().empty());
 }
 
-TEST_F(store_test, signer_failure_rolls_the_enrollment_back) {
+TEST_P(store_test, signer_failure_rolls_the_enrollment_back) {
     auto t = _s->create_token("contoso", "Default", 600, k_now).value().value;
     uint64_t v = version();
     cert_signer refuse = [](const tls::pem_pair&, const std::string&,
@@ -402,7 +438,7 @@ TEST_F(store_test, signer_failure_rolls_the_enrollment_back) {
     EXPECT_TRUE(_s->enroll(t.token, "c", "1", signer(), k_now).ok());
 }
 
-TEST_F(store_test, parallel_redemption_of_one_token_succeeds_once) {
+TEST_P(store_test, parallel_redemption_of_one_token_succeeds_once) {
     auto t = _s->create_token("contoso", "Default", 600, k_now).value().value;
     constexpr int k_threads = 2;
     std::atomic<int> ok{0};
@@ -410,9 +446,9 @@ TEST_F(store_test, parallel_redemption_of_one_token_succeeds_once) {
     std::vector<std::thread> threads;
     for (int i = 0; i < k_threads; ++i) {
         threads.emplace_back([&, i] {
-            auto s = sqlite_store::open(_path, "relay.test");
-            ASSERT_TRUE(s.ok());
-            auto r = s.value()->enroll(t.token, "c" + std::to_string(i), "1", signer(), k_now);
+            auto s = open_store();
+            ASSERT_NE(s, nullptr);
+            auto r = s->enroll(t.token, "c" + std::to_string(i), "1", signer(), k_now);
             if (r.ok()) {
                 ++ok;
             } else if (r.err().message == "token already used") {
@@ -428,7 +464,7 @@ TEST_F(store_test, parallel_redemption_of_one_token_succeeds_once) {
     EXPECT_EQ(_s->connectors("contoso").value().size(), 1u);
 }
 
-TEST_F(store_test, liveness_updates_do_not_bump_the_config_version) {
+TEST_P(store_test, liveness_updates_do_not_bump_the_config_version) {
     std::string id = enroll_one("contoso");
     uint64_t v = version();
     ASSERT_TRUE(_s->connector_seen(id, "1.1", k_now + 10).ok());
@@ -443,7 +479,7 @@ TEST_F(store_test, liveness_updates_do_not_bump_the_config_version) {
                  "no connector 'ffffffffffffffff'");
 }
 
-TEST_F(store_test, purge_removes_only_long_inactive_connectors_and_revokes_them) {
+TEST_P(store_test, purge_removes_only_long_inactive_connectors_and_revokes_them) {
     std::string old_inactive = enroll_one("contoso");
     std::string recent = enroll_one("contoso");
     std::string active = enroll_one("contoso");
@@ -464,7 +500,7 @@ TEST_F(store_test, purge_removes_only_long_inactive_connectors_and_revokes_them)
     EXPECT_EQ(again->config_version, v + 1);
 }
 
-TEST_F(store_test, data_persists_across_reopen) {
+TEST_P(store_test, data_persists_across_reopen) {
     ASSERT_TRUE(_s->create_group("contoso", "DR", "eu", k_now).ok());
     ASSERT_TRUE(_s->create_app("contoso", "hr", web("hr.contoso.com", "DR"), k_now).ok());
     std::string id = enroll_one("contoso", "DR");
@@ -483,7 +519,8 @@ TEST_F(store_test, data_persists_across_reopen) {
     EXPECT_TRUE(view.warnings.empty());
 }
 
-TEST_F(store_test, malformed_app_row_is_skipped_with_a_warning) {
+TEST_P(store_test, malformed_app_row_is_skipped_with_a_warning) {
+    SQLITE_ONLY();
     ASSERT_TRUE(_s->create_app("contoso", "hr", web("hr.contoso.com"), k_now).ok());
     ASSERT_TRUE(_s->create_app("contoso", "payroll", web("pay.contoso.com"), k_now).ok());
     raw_sql("UPDATE apps SET cert_pem = 'not a certificate' WHERE name = 'hr'");
@@ -496,7 +533,8 @@ TEST_F(store_test, malformed_app_row_is_skipped_with_a_warning) {
               "app 'hr' in tenant 'contoso' skipped: certificate does not parse");
 }
 
-TEST_F(store_test, version_one_database_is_migrated_and_keeps_its_data) {
+TEST_P(store_test, version_one_database_is_migrated_and_keeps_its_data) {
+    SQLITE_ONLY();
     _s.reset();
     std::filesystem::remove(_path);
     std::string why;
@@ -540,7 +578,8 @@ TEST_F(store_test, version_one_database_is_migrated_and_keeps_its_data) {
     sqlite3_close(db);
 }
 
-TEST_F(store_test, newer_schema_is_refused) {
+TEST_P(store_test, newer_schema_is_refused) {
+    SQLITE_ONLY();
     _s.reset();
     raw_sql("UPDATE schema_version SET version = 99");
     auto r = sqlite_store::open(_path, "relay.test");
@@ -549,16 +588,16 @@ TEST_F(store_test, newer_schema_is_refused) {
                                    std::to_string(sqlite_store::migrations().size()) + ")");
 }
 
-TEST_F(store_test, two_threads_writing_concurrently_never_corrupt_the_store) {
+TEST_P(store_test, two_threads_writing_concurrently_never_corrupt_the_store) {
     ASSERT_TRUE(_s->create_group("contoso", "DR", "", k_now).ok());
     constexpr int k_writes = 200;
     std::atomic<int> failures{0};
     auto writer = [&](int w) {
-        auto s = sqlite_store::open(_path, "relay.test");
-        ASSERT_TRUE(s.ok());
+        auto s = open_store();
+        ASSERT_NE(s, nullptr);
         uint64_t last = 0;
         for (int i = 0; i < k_writes; ++i) {
-            auto r = s.value()->create_group(
+            auto r = s->create_group(
                 "contoso", "g" + std::to_string(w) + "-" + std::to_string(i), "", k_now);
             if (!r.ok() || r->config_version <= last) {
                 ++failures;
@@ -576,6 +615,9 @@ TEST_F(store_test, two_threads_writing_concurrently_never_corrupt_the_store) {
     // Each of the 400 writes bumped the version exactly once.
     EXPECT_EQ(version(), v + 2 * k_writes);
     EXPECT_EQ(_s->groups("contoso").value().size(), 2u + 2 * k_writes);
+    if (!sqlite()) {
+        return;
+    }
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(_path.c_str(), &db), SQLITE_OK);
     sqlite3_stmt* st = nullptr;
@@ -585,6 +627,9 @@ TEST_F(store_test, two_threads_writing_concurrently_never_corrupt_the_store) {
     sqlite3_finalize(st);
     sqlite3_close(db);
 }
+
+INSTANTIATE_TEST_SUITE_P(stores, store_test, ::testing::Values("sqlite", "etcd"),
+                         [](const auto& info) { return info.param; });
 
 } // namespace
 } // namespace apprelay::control
