@@ -173,6 +173,7 @@ nlohmann::json store_json(const store_health& h) {
         j["records_skipped"] = h.skipped_records;
         j["watch_restarts"] = h.watch_restarts;
         j["lease_held"] = h.lease_held;
+        j["digest"] = h.digest;
     }
     return j;
 }
@@ -227,6 +228,8 @@ public:
     void set_dpdk(const dpdk_backend* d) { _dpdk = d; }
     http_response handle(const http_request& r);
     void tick(); // one control loop iteration (admin requests, events, snapshot, status)
+    bool drain_requested() { return _store->drain_requested(); }
+    void mark_draining() { _store->set_draining(true); }
     void finish();
 
 private:
@@ -690,6 +693,11 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
         workers[i]->set_peers(std::move(peers), std::move(in), std::move(out));
     }
 
+    if (settings.fleet.address.empty()) {
+        // The bound tunnel listener (a configured port 0 is known only now).
+        const auto& tl = settings.tunnel_listen;
+        store->set_fleet_address(tl.substr(0, tl.rfind(':')) + ":" + std::to_string(tunnel_port));
+    }
     control_plane cp(settings, opts, std::move(store), &cell, &workers, first_version);
     cp.set_dpdk(dpdk.get());
     http_server_options ho;
@@ -754,10 +762,19 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
                             {"workers", n}};
         write_atomically(opts.ready_file, r.dump());
     }
+    bool drain_asked = false;
     while (!stop.load() && failed.load() == 0) {
         cp.tick();
+        if (cp.drain_requested()) {
+            drain_asked = true; // `apprelayctl relays drain NODE`, taken by any relay
+            break;
+        }
     }
-    log::info("stopping", {{"reason", failed.load() ? "worker failed" : "signal"}});
+    log::info("stopping", {{"reason", failed.load() ? "worker failed"
+                                      : drain_asked   ? "drain requested"
+                                                      : "signal"}});
+    // Peers and connectors see this relay draining while its streams finish.
+    cp.mark_draining();
     (*enroller)->stop();
     worker_stop.store(true);
     for (auto& w : workers) {

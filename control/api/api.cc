@@ -248,6 +248,43 @@ http_response admin_api::route(const http_request& r, const live_view& live) {
         j["connectors"] = {{"active", n->active}, {"inactive", n->inactive}};
         return reply(200, j);
     }
+    if (seg.size() == 2 && seg[0] == "v1" && seg[1] == "relays") {
+        if (m != "GET") {
+            return not_allowed("GET");
+        }
+        auto rs = _store.relays();
+        if (!rs) {
+            return fail(rs.err());
+        }
+        auto v = _store.config_version();
+        json list = json::array();
+        for (const auto& f : rs.value()) {
+            json item = {{"node", f.node},
+                         {"address", f.address},
+                         {"region", f.region},
+                         {"draining", f.draining || f.drain_requested},
+                         {"started", f.started},
+                         {"tunnels", f.tunnels},
+                         {"config_version", f.config_version},
+                         {"stale", f.stale}};
+            if (v) {
+                item["versions_behind"] =
+                    v.value() > f.config_version ? v.value() - f.config_version : 0;
+            }
+            list.push_back(std::move(item));
+        }
+        return reply(200, {{"relays", list}});
+    }
+    if (seg.size() == 4 && seg[0] == "v1" && seg[1] == "relays" && seg[3] == "drain") {
+        if (m != "POST") {
+            return not_allowed("POST");
+        }
+        auto v = _store.request_drain(seg[2]);
+        if (!v) {
+            return fail(v.err());
+        }
+        return reply(202, with_version({{"node", seg[2]}, {"draining", true}}, v.value()));
+    }
     if (seg.size() == 2 && seg[0] == "v1" && seg[1] == "tenants") {
         if (m != "GET") {
             return not_allowed("GET");
@@ -421,15 +458,19 @@ http_response admin_api::route(const http_request& r, const live_view& live) {
         }
         json list = json::array();
         for (const auto& c : cs.value()) {
-            list.push_back({{"id", c.id},
-                            {"name", c.name},
-                            {"group", c.group},
-                            {"version", c.version},
-                            {"status", to_string(c.status)},
-                            {"tunnels", live.tunnels_of ? live.tunnels_of(c.id) : 0u},
-                            {"fingerprint", c.fingerprint},
-                            {"first_seen", c.first_seen},
-                            {"last_seen", c.last_seen}});
+            json item = {{"id", c.id},
+                         {"name", c.name},
+                         {"group", c.group},
+                         {"version", c.version},
+                         {"status", to_string(c.status)},
+                         {"tunnels", live.tunnels_of ? live.tunnels_of(c.id) : 0u},
+                         {"fingerprint", c.fingerprint},
+                         {"first_seen", c.first_seen},
+                         {"last_seen", c.last_seen}};
+            if (!c.relays.empty()) {
+                item["relays"] = c.relays; // where its tunnels land, across the fleet
+            }
+            list.push_back(std::move(item));
         }
         // The relay advertises the latest connector version (DESIGN.md); shown beside the list.
         json out = {{"connectors", list}};

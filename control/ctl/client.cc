@@ -114,6 +114,12 @@ api_call status_call() {
 api_call metrics_call() {
     return call("GET", "/metrics");
 }
+api_call relays_list_call() {
+    return call("GET", "/v1/relays");
+}
+api_call relay_drain_call(std::string_view node) {
+    return call("POST", "/v1/relays/" + percent_encode(node) + "/drain");
+}
 api_call tenants_list_call() {
     return call("GET", "/v1/tenants");
 }

@@ -38,6 +38,8 @@ std::string percent_encode(std::string_view s);
 api_call status_call();
 api_call metrics_call();
 api_call tenants_list_call();
+api_call relays_list_call();
+api_call relay_drain_call(std::string_view node);
 api_call tenant_ca_call(std::string_view tenant);
 api_call groups_list_call(std::string_view tenant);
 api_call group_create_call(std::string_view tenant, std::string_view name,

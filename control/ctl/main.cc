@@ -126,6 +126,23 @@ int main(int argc, char** argv) {
         return command{metrics_call(), [](const std::string& body) { return text(body); }};
     });
 
+    CLI::App* relays = app.add_subcommand("relays", "the fleet's relay hosts (etcd store)")
+                           ->require_subcommand(1);
+    leaf(relays, "list", "list the fleet's relays, their tunnels and how current each is",
+         [](std::string&) {
+             return command{relays_list_call(),
+                            json_renderer([](const json& j) { return text(format_relays(j)); })};
+         });
+    std::string drain_node;
+    leaf(relays, "drain", "drain a relay: GOAWAY to its tunnels, streams finish, it exits",
+         [&](std::string&) {
+             return command{relay_drain_call(drain_node), json_renderer([&](const json&) {
+                                return text("relay " + drain_node + " draining\n");
+                            })};
+         })
+        ->add_option("NODE", drain_node, "the relay's node name ([fleet] node)")
+        ->required();
+
     CLI::App* tenants = app.add_subcommand("tenants", "tenants")->require_subcommand(1);
     leaf(tenants, "list", "list tenants", [](std::string&) {
         return command{tenants_list_call(),

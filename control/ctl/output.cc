@@ -167,6 +167,21 @@ std::string format_status(const json& j) {
     return table.substr(table.find('\n') + 1);
 }
 
+// The fleet's relays: where each is, what it holds and how current its copy is.
+std::string format_relays(const json& j) {
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& r : list(j, "relays")) {
+        std::string state = r.value("draining", false) ? "draining" : "serving";
+        std::string copy = r.value("stale", false) ? "stale" : "current";
+        if (r.value("versions_behind", 0) > 0) {
+            copy += " (" + std::to_string(r.value("versions_behind", 0)) + " behind)";
+        }
+        rows.push_back({cell(r, "node"), cell(r, "region"), cell(r, "address"), state,
+                        cell(r, "tunnels"), cell(r, "config_version"), copy});
+    }
+    return render_table({"NODE", "REGION", "ADDRESS", "STATE", "TUNNELS", "CONFIG", "COPY"}, rows);
+}
+
 std::string format_tenants(const json& j) {
     std::vector<std::vector<std::string>> rows;
     for (const auto& t : list(j, "tenants")) {

@@ -26,6 +26,7 @@ std::string format_time(int64_t unix_s);
 
 std::string format_status(const nlohmann::json& j);
 std::string format_tenants(const nlohmann::json& j);
+std::string format_relays(const nlohmann::json& j);
 std::string format_ca(const nlohmann::json& j);
 std::string format_groups(const nlohmann::json& j);
 std::string format_connectors(const nlohmann::json& j, int64_t now_s);

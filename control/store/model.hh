@@ -56,6 +56,7 @@ struct connector {
     int64_t first_seen = 0;
     int64_t last_seen = 0;
     connector_status status = connector_status::inactive;
+    std::vector<std::string> relays; // fleet nodes holding a tunnel for it (etcd store only)
 };
 
 struct app {

@@ -132,6 +132,22 @@ struct store_health {
     uint64_t skipped_records = 0; // malformed or oversized records refused
     uint64_t watch_restarts = 0;
     bool lease_held = false;      // presence lease alive
+    // SHA-256 (hex) of the copy's configuration keys and their mod revisions (presence, seen
+    // and jobs/ left out): equal to the same digest of a fresh read when the copy is current.
+    std::string digest;
+};
+
+// A relay host of the fleet as presence shows it (etcd store).
+struct fleet_relay {
+    std::string node;
+    std::string address;
+    std::string region;
+    bool draining = false;
+    bool drain_requested = false;
+    int64_t started = 0;
+    uint64_t config_version = 0; // the version its copy is at
+    bool stale = false;          // its copy unproven (it cannot reach etcd)
+    uint32_t tunnels = 0;        // connectors it holds tunnels for
 };
 
 class store {
@@ -201,6 +217,25 @@ public:
                                                                            int64_t now) = 0;
 
     virtual store_health health() { return {}; }
+
+    // The fleet (etcd store). A lone relay (SQLite) refuses with kind::refused.
+    virtual store_result<std::vector<fleet_relay>> relays() {
+        return store_error{store_error::kind::refused,
+                           "this relay is not in a fleet ([store] kind = \"sqlite\")"};
+    }
+    // Asks relay `node` to drain: it marks itself draining, sends GOAWAY to its tunnels, lets
+    // streams in flight finish by the drain deadline and exits.
+    virtual store_result<uint64_t> request_drain(const std::string& node) {
+        (void)node;
+        return store_error{store_error::kind::refused,
+                           "this relay is not in a fleet ([store] kind = \"sqlite\")"};
+    }
+    // True once an admin asked this relay to drain (any relay of the fleet may take the call).
+    virtual bool drain_requested() { return false; }
+    // Marks this relay draining in presence (a stop on a signal too).
+    virtual void set_draining(bool draining) { (void)draining; }
+    // Where peers and connectors reach this relay, once its listener is bound.
+    virtual void set_fleet_address(const std::string& address) { (void)address; }
 };
 
 } // namespace apprelay::control

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs every fuzz target: the tunnel frame fuzzer and the user-space TCP/IP fuzzer
 # (frames into a net::stack) for SECONDS (default 30) each, and the
-# CONFIG body fuzzer for a quarter of that, each on a copy of its seed corpus.
+# CONFIG body and etcd record fuzzers for a quarter of that, each on a copy of its seed corpus.
 # Exits non-zero if libFuzzer finds a crash, leak, sanitizer report or timeout.
 set -euo pipefail
 seconds="${1:-30}"
@@ -35,5 +35,8 @@ fuzz frame "${seconds}" "${here}/frame_fuzz.cc" "${root}/dataplane/tunnel/frame.
     "${root}/dataplane/tunnel/mux.cc" "${root}/dataplane/base/log.cc"
 fuzz config "$(( seconds / 4 > 5 ? seconds / 4 : 5 ))" "${here}/config_fuzz.cc" \
     "${root}/dataplane/tunnel/connector_config.cc"
+fuzz etcd "$(( seconds / 4 > 5 ? seconds / 4 : 5 ))" "${here}/etcd_records_fuzz.cc" \
+    "${root}"/control/store/etcd/records.cc "${root}"/control/store/{rules,pem_util,model}.cc \
+    "${root}"/tls/ca.cc "${root}"/tls/detail/ossl.cc "${root}"/dataplane/base/log.cc -lssl -lcrypto
 fuzz net "${seconds}" "${here}/net_fuzz.cc" \
     "${root}"/dataplane/net/{arp,checksum,icmp,ipv4,stack,syn_cookie,tcp_input,tcp_output,tcp_wire}.cc

@@ -53,7 +53,10 @@ class grpc_watcher final : public watcher {
 public:
     grpc_watcher(pb::Watch::Stub* stub, const std::string& prefix, int64_t start)
         : _prefix(prefix), _start(start) {
-        _ctx.AddMetadata("hasleader", "true"); // a member without a leader cancels the watch
+        // A member without a leader cancels the watch. Fail-fast (not wait_for_ready): the
+        // stream's construction blocks until the call starts, and nothing could cancel that;
+        // the unary calls (heartbeat) are what bring the channel back.
+        _ctx.AddMetadata("hasleader", "true");
         _stream = stub->Watch(&_ctx);
     }
     ~grpc_watcher() override {
@@ -63,7 +66,7 @@ public:
         }
     }
 
-    store_result<void> open() {
+    store_result<void> open() override {
         pb::WatchRequest req;
         auto* c = req.mutable_create_request();
         c->set_key(_prefix);
@@ -78,7 +81,9 @@ public:
         if (!first) {
             return first.err();
         }
-        if (first->canceled) {
+        // A compacted start revision cancels the watch with compact_revision set: that is an
+        // answer for the caller (re-read), not a failure to open.
+        if (first->canceled && first->compact_revision == 0) {
             return store_error{kind::unavailable, "etcd watch: canceled at creation"};
         }
         _pending = std::move(first).value();
@@ -274,18 +279,19 @@ public:
         return {};
     }
 
-    store_result<std::unique_ptr<watcher>> watch_prefix(const std::string& prefix,
-                                                        int64_t start_revision) override {
-        auto w = std::make_unique<grpc_watcher>(_watch.get(), prefix, start_revision);
-        if (auto r = w->open(); !r) {
-            return r.err();
-        }
-        return std::unique_ptr<watcher>(std::move(w));
+    std::unique_ptr<watcher> watch_prefix(const std::string& prefix,
+                                          int64_t start_revision) override {
+        return std::make_unique<grpc_watcher>(_watch.get(), prefix, start_revision);
     }
 
 private:
+    // Every call waits for a connection until its deadline instead of failing at once on a
+    // channel in TRANSIENT_FAILURE: a waiting call is also what drives the reconnection (gRPC's
+    // synchronous client polls a channel's sockets from the threads inside its calls; with
+    // fail-fast calls only the 5 s backup poller would, and a healed link could stay unused).
     void deadline(grpc::ClientContext& ctx) const {
         ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(_timeout));
+        ctx.set_wait_for_ready(true);
     }
 
     std::shared_ptr<grpc::Channel> _ch;
@@ -342,7 +348,6 @@ store_result<std::unique_ptr<client>> client::make(const client_options& o) {
     args.SetLoadBalancingPolicyName("round_robin");
     // Reconnect quickly after a member comes back (the default backoff grows to 120 s).
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     auto ch = grpc::CreateCustomChannel(target, creds, args);
     return std::unique_ptr<client>(std::make_unique<grpc_client>(std::move(ch), o.timeout_ms));

@@ -74,6 +74,8 @@ struct watch_batch {
 class watcher {
 public:
     virtual ~watcher() = default;
+    // Sends the watch request and waits for etcd to confirm it (no deadline: cancel() ends it).
+    virtual store_result<void> open() = 0;
     // Blocks for the next response. An error ends the watch (open a new one).
     virtual store_result<watch_batch> next() = 0;
     // From another thread: makes a blocked next() return an error.
@@ -97,10 +99,11 @@ public:
     virtual store_result<int64_t> lease_keepalive(int64_t id) = 0;
     virtual store_result<void> lease_revoke(int64_t id) = 0;
     virtual store_result<void> compact(int64_t revision) = 0;
-    // Watches `prefix` from `start_revision`, with progress notifications, on a member that has a
-    // leader (a member cut off from quorum cancels the watch instead of going silent).
-    virtual store_result<std::unique_ptr<watcher>> watch_prefix(const std::string& prefix,
-                                                                int64_t start_revision) = 0;
+    // A watch of `prefix` from `start_revision`, with progress notifications, on a member that
+    // has a leader (a member cut off from quorum cancels the watch instead of going silent).
+    // Not open yet: register it where cancel() can reach it, then open() it.
+    virtual std::unique_ptr<watcher> watch_prefix(const std::string& prefix,
+                                                  int64_t start_revision) = 0;
 };
 
 // The end of a prefix range: the prefix with its last byte incremented ("" -> "\0" = all keys).

@@ -968,14 +968,63 @@ store_health etcd_store::health() {
     return h;
 }
 
-store_result<std::vector<relay_rec>> etcd_store::relays() {
-    return read_with([&](const model& m) -> store_result<std::vector<relay_rec>> {
-        std::vector<relay_rec> out;
+store_result<std::vector<fleet_relay>> etcd_store::relays() {
+    return read_with([&](const model& m) -> store_result<std::vector<fleet_relay>> {
+        std::map<std::string, uint32_t> tunnels;
+        for (const auto& [id, holders] : m.presence) {
+            for (const auto& t : holders) {
+                ++tunnels[t.node];
+            }
+        }
+        std::vector<fleet_relay> out;
         for (const auto& [node, r] : m.relays) {
-            out.push_back(r);
+            fleet_relay f;
+            f.node = node;
+            f.address = r.address;
+            f.region = r.region;
+            f.draining = r.draining;
+            f.drain_requested = m.drain_requests.count(node) != 0;
+            f.started = r.started;
+            f.config_version = r.config_version;
+            f.stale = r.stale;
+            f.tunnels = tunnels[node];
+            out.push_back(std::move(f));
         }
         return out;
     });
+}
+
+// An admin write like any other: the node must be present, and the request key is compared.
+store_result<uint64_t> etcd_store::request_drain(const std::string& node) {
+    auto r = write([&](tx& t) -> store_result<int> {
+        if (t.m.relays.count(node) == 0) {
+            return err(kind::not_found, "no relay " + rules::quoted(node) + " in the fleet");
+        }
+        if (t.m.drain_requests.count(node) != 0) {
+            return err(kind::conflict, "relay " + rules::quoted(node) + " is already draining");
+        }
+        t.put(_k.drain(node), encode_drain(unix_now()));
+        t.after_commit.push_back([node] { log::info("relay_drain_requested", {{"node", node}}); });
+        return 0;
+    });
+    if (!r) {
+        return r.err();
+    }
+    return r->config_version;
+}
+
+bool etcd_store::drain_requested() {
+    if (!_fleet) {
+        return false;
+    }
+    auto m = _fleet->current();
+    return m && m->drain_requests.count(_o.fleet.node) != 0;
+}
+
+void etcd_store::set_fleet_address(const std::string& address) {
+    if (_fleet) {
+        _fleet->set_address(address);
+    }
 }
 
 void etcd_store::set_draining(bool draining) {

@@ -93,10 +93,11 @@ public:
                                                                    int64_t now) override;
     store_health health() override;
 
-    // The fleet's relays as presence shows them (relays list).
-    store_result<std::vector<relay_rec>> relays();
-    // Marks this relay draining in its presence record.
-    void set_draining(bool draining);
+    store_result<std::vector<fleet_relay>> relays() override;
+    store_result<uint64_t> request_drain(const std::string& node) override;
+    bool drain_requested() override;
+    void set_draining(bool draining) override;
+    void set_fleet_address(const std::string& address) override;
     const etcd_options& options() const { return _o; }
     client& raw() { return *_c; }
 

@@ -1,6 +1,7 @@
 // The fleet member: watch-kept copy of the prefix and lease-held presence (fleet.hh).
 #include "control/store/etcd/fleet.hh"
 
+#include "control/store/pem_util.hh"
 #include "dataplane/base/log.hh"
 
 #include <algorithm>
@@ -25,7 +26,7 @@ int64_t unix_now() {
 } // namespace
 
 fleet_member::fleet_member(const etcd_options& o, client& c, const keys& k)
-    : _o(o), _c(c), _k(k), _started(unix_now()) {}
+    : _o(o), _address(o.fleet.address), _c(c), _k(k), _started(unix_now()) {}
 
 fleet_member::~fleet_member() {
     _stop = true;
@@ -52,6 +53,11 @@ store_result<void> fleet_member::start() {
     if (auto r = reread(); !r) {
         return r.err();
     }
+    // A drain request for this node asked an earlier instance to go: this one starts fresh.
+    if (current()->drain_requests.count(_o.fleet.node) != 0) {
+        (void)_c.txn({}, {{op::kind::del, _k.drain(_o.fleet.node), "", 0}});
+        log::info("fleet_drain_request_cleared", {{"node", _o.fleet.node}});
+    }
     _watch_thread = std::thread([this] { watch_loop(); });
     _presence_thread = std::thread([this] { presence_loop(); });
     return {};
@@ -62,18 +68,23 @@ std::shared_ptr<const model> fleet_member::current() const {
     return _model;
 }
 
+bool fleet_member::stale_locked() const {
+    return !_watch_up || clock::now() - _last_current > k_fresh_for;
+}
+
 store_health fleet_member::health() const {
     std::lock_guard<std::mutex> g(_mu);
     store_health h;
     h.fleet = true;
     const auto age = clock::now() - _last_current;
-    h.stale = !_watch_up || age > k_fresh_for;
+    h.stale = stale_locked();
     h.stale_s = h.stale ? std::chrono::duration<double>(age).count() : 0.0;
     h.revision = _revision;
     h.rereads = _rereads;
     h.skipped_records = _skipped;
     h.watch_restarts = _watch_restarts;
     h.lease_held = _lease_held;
+    h.digest = _digest;
     return h;
 }
 
@@ -86,6 +97,16 @@ void fleet_member::publish_locked() {
         r.kvs.push_back(item);
     }
     _model = std::make_shared<const model>(build_model(_k, r));
+    std::string lines;
+    for (const auto& [key, item] : _raw) {
+        const std::string rel = key.substr(_k.prefix.size());
+        if (rel.rfind("presence/", 0) == 0 || rel.rfind("seen/", 0) == 0 ||
+            rel.rfind("jobs/", 0) == 0) {
+            continue;
+        }
+        lines += key + "\t" + std::to_string(item.mod_revision) + "\n";
+    }
+    _digest = to_hex(sha256(lines));
 }
 
 store_result<void> fleet_member::reread() {
@@ -120,6 +141,8 @@ store_result<void> fleet_member::reread() {
 void fleet_member::watch_loop() {
     auto backoff = std::chrono::milliseconds(100);
     bool need_reread = false;
+    bool open_failed = false;
+    std::string last_failure; // each distinct reason logged once per outage
     while (!_stop) {
         if (need_reread) {
             if (auto r = reread(); !r) {
@@ -137,7 +160,25 @@ void fleet_member::watch_loop() {
             from = _revision + 1;
         }
         auto w = _c.watch_prefix(_k.prefix, from);
-        if (!w) {
+        {
+            std::lock_guard<std::mutex> g(_mu);
+            if (_stop) {
+                break;
+            }
+            _watcher = w.get(); // the destructor can now cancel even a pending open()
+        }
+        auto opened = w->open();
+        if (!opened) {
+            std::lock_guard<std::mutex> g(_mu);
+            _watcher = nullptr;
+        }
+        if (!opened) {
+            if (opened.err().message != last_failure) {
+                log::warn("etcd_watch_failed",
+                          {{"from", from}, {"reason", opened.err().message}});
+                last_failure = opened.err().message;
+            }
+            open_failed = true;
             std::unique_lock<std::mutex> lk(_mu);
             _watch_up = false;
             _cv.wait_for(lk, backoff, [&] { return _stop.load(); });
@@ -146,13 +187,19 @@ void fleet_member::watch_loop() {
         }
         {
             std::lock_guard<std::mutex> g(_mu);
-            _watcher = w->get();
             _watch_up = true;
         }
         backoff = std::chrono::milliseconds(100);
+        if (open_failed) {
+            log::info("etcd_watch_open", {{"from", from}});
+            open_failed = false;
+            last_failure.clear();
+        }
         while (!_stop) {
-            auto b = w.value()->next();
+            auto b = w->next();
             if (!b) {
+                log::warn("etcd_watch_lost", {{"reason", b.err().message}});
+                open_failed = true;
                 break;
             }
             if (b->compact_revision > 0) {
@@ -242,6 +289,14 @@ void fleet_member::seen(const std::string& id, const std::string& version, int64
     _seen_queue[id] = seen_rec{now, version};
 }
 
+void fleet_member::set_address(const std::string& address) {
+    std::lock_guard<std::mutex> g(_mu);
+    _address = address;
+    _relay_dirty = true;
+    _kick = true;
+    _cv.notify_all();
+}
+
 void fleet_member::set_draining(bool draining) {
     std::lock_guard<std::mutex> g(_mu);
     _draining = draining;
@@ -275,7 +330,10 @@ bool fleet_member::presence_round(int64_t now) {
     {
         std::lock_guard<std::mutex> g(_mu);
         if (_relay_dirty) {
-            relay_rec r{_o.fleet.node, _o.fleet.address, _o.fleet.region, _draining, _started, 0};
+            relay_rec r{_o.fleet.node, _address, _o.fleet.region, _draining, _started,
+                        _model ? _model->config_version : 0, stale_locked(), 0};
+            _announced_version = r.config_version;
+            _announced_stale = r.stale;
             ops.push_back({op::kind::put, _k.relay_presence(_o.fleet.node), encode(r), _lease});
             relay = true;
         }
@@ -354,8 +412,19 @@ void fleet_member::presence_loop() {
                 }
             }
         }
-        (void)presence_round(unix_now());
         heartbeat();
+        {
+            // The relay record carries how current this relay's copy is ("relays list"):
+            // rewritten when that changes, at most every 2 s.
+            std::lock_guard<std::mutex> g(_mu);
+            const uint64_t v = _model ? _model->config_version : 0;
+            if ((v != _announced_version || stale_locked() != _announced_stale) &&
+                now - _last_relay_write > std::chrono::seconds(2)) {
+                _relay_dirty = true;
+                _last_relay_write = now;
+            }
+        }
+        (void)presence_round(unix_now());
         std::unique_lock<std::mutex> lk(_mu);
         _cv.wait_for(lk, k_tick, [&] { return _stop.load() || _kick; });
         _kick = false;

@@ -45,6 +45,7 @@ public:
     void set_tunnel(const std::string& connector_id, bool up, int64_t now);
     void seen(const std::string& connector_id, const std::string& version, int64_t now);
     void set_draining(bool draining);
+    void set_address(const std::string& address);
 
 private:
     using clock = std::chrono::steady_clock;
@@ -55,8 +56,10 @@ private:
     void presence_loop();
     bool presence_round(int64_t now);
     void heartbeat();
+    bool stale_locked() const;
 
     const etcd_options _o;
+    std::string _address; // announced in the relay record (mu)
     client& _c;
     const keys _k;
 
@@ -70,6 +73,7 @@ private:
     uint64_t _rereads = 0;
     uint64_t _skipped = 0;
     uint64_t _watch_restarts = 0;
+    std::string _digest;
 
     // Presence wanted (control thread) and written (presence thread).
     std::map<std::string, std::string> _tunnels;          // connector -> version, held here
@@ -79,6 +83,9 @@ private:
     bool _kick = false; // a change for the presence thread to write now
     bool _draining = false;
     bool _relay_dirty = true;
+    uint64_t _announced_version = 0;
+    bool _announced_stale = false;
+    clock::time_point _last_relay_write{};
     int64_t _lease = 0;
     bool _lease_held = false;
     clock::time_point _last_keepalive{};

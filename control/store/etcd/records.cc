@@ -265,9 +265,15 @@ bool decode_record(const keys& k, const kv& item, model& m, std::string* why) {
         r.lease = item.lease;
         if (!str(j, "address", &r.address) || !printable(r.address) ||
             !str(j, "region", &r.region, k_max_name) || !printable(r.region) ||
-            !boolean(j, "draining", &r.draining) || !i64(j, "started", &r.started)) {
+            !boolean(j, "draining", &r.draining) || !i64(j, "started", &r.started) ||
+            !boolean(j, "stale", &r.stale)) {
             return fail(why, "bad relay presence record");
         }
+        int64_t version = 0;
+        if (!i64(j, "config_version", &version)) {
+            return fail(why, "bad relay presence record");
+        }
+        r.config_version = static_cast<uint64_t>(version);
         m.relays[r.node] = std::move(r);
         return true;
     }
@@ -282,6 +288,14 @@ bool decode_record(const keys& k, const kv& item, model& m, std::string* why) {
         auto& v = m.presence[parts[2]];
         std::erase_if(v, [&](const tunnel_rec& x) { return x.node == t.node; });
         v.push_back(std::move(t));
+        return true;
+    }
+    if (type == "drain" && n == 2 && valid_name(parts[1])) {
+        int64_t at = 0;
+        if (!i64(j, "at", &at)) {
+            return fail(why, "bad drain request");
+        }
+        m.drain_requests[parts[1]] = at;
         return true;
     }
     if (type == "jobs" && n == 2 && parts[1] == "purge") {
@@ -324,7 +338,9 @@ connector resolve(const model& m, const connector_rec& r, const group_rec& g) {
         c.status = connector_status::active;
         for (const auto& t : p->second) {
             c.last_seen = std::max(c.last_seen, t.since);
+            c.relays.push_back(t.node);
         }
+        std::sort(c.relays.begin(), c.relays.end());
         if (!p->second.front().version.empty()) {
             c.version = p->second.front().version;
         }
@@ -457,7 +473,9 @@ std::string encode(const relay_rec& r) {
     return json{{"address", r.address},
                 {"region", r.region},
                 {"draining", r.draining},
-                {"started", r.started}}
+                {"started", r.started},
+                {"config_version", r.config_version},
+                {"stale", r.stale}}
         .dump();
 }
 
@@ -470,6 +488,10 @@ std::string encode(const job_rec& j) {
 }
 
 std::string encode_revoked(int64_t at) {
+    return json{{"at", at}}.dump();
+}
+
+std::string encode_drain(int64_t at) {
     return json{{"at", at}}.dump();
 }
 

@@ -15,6 +15,7 @@
 //   P presence/relays/<node>              {address,region,draining,started}: under its lease
 //   P presence/tunnels/<connector>/<node> {since,version}: under that relay's lease
 //   P jobs/purge                          {last_run,node}: the fleet-wide purge's fence
+//   P drain/<node>                        {at}: an admin asked that relay to drain
 //
 // Records come from etcd and are untrusted like any input: every key and value is checked
 // before it enters a model; a bad one is skipped, counted and named in `warnings`.
@@ -60,6 +61,7 @@ struct keys {
         return prefix + "presence/tunnels/" + connector + "/" + node;
     }
     std::string purge_job() const { return prefix + "jobs/purge"; }
+    std::string drain(const std::string& node) const { return prefix + "drain/" + node; }
 };
 
 struct group_rec {
@@ -101,6 +103,8 @@ struct relay_rec {
     std::string region;
     bool draining = false;
     int64_t started = 0;
+    uint64_t config_version = 0; // of its copy
+    bool stale = false;
     int64_t lease = 0;
 };
 
@@ -131,6 +135,7 @@ struct model {
     std::map<std::string, std::vector<tunnel_rec>> presence; // connector id -> relays holding it
     std::map<std::string, relay_rec> relays;
     std::optional<job_rec> purge_job;
+    std::map<std::string, int64_t> drain_requests; // node -> requested at
     // Every key under the prefix (also skipped ones) -> its mod revision, for compares.
     std::map<std::string, int64_t> mods;
     std::vector<std::string> warnings;
@@ -164,6 +169,7 @@ std::string encode(const relay_rec& r);
 std::string encode(const tunnel_rec& t);
 std::string encode(const job_rec& j);
 std::string encode_revoked(int64_t at);
+std::string encode_drain(int64_t at);
 
 std::string to_hex(std::string_view bytes);
 
