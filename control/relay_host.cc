@@ -250,6 +250,7 @@ private:
     std::unordered_map<std::string, connector_live> _live;
     nlohmann::json _status;
     uint64_t _version;
+    uint64_t _fleet_epoch = 0;
     bool _stale = false;
     int64_t _started;
     int64_t _next_seen = 0;
@@ -321,7 +322,8 @@ void control_plane::sync_snapshot() {
         _stale = true; // keep serving on the last good snapshot (RELIABILITY.md Stale store)
         return;
     }
-    if (v.value() == _version) {
+    const uint64_t epoch = _store->fleet_epoch();
+    if (v.value() == _version && epoch == _fleet_epoch) {
         return;
     }
     const auto t0 = std::chrono::steady_clock::now();
@@ -342,6 +344,7 @@ void control_plane::sync_snapshot() {
                 w->wake();
             }
             _version = view->config_version;
+            _fleet_epoch = epoch;
             _stale = false;
             const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
                                 std::chrono::steady_clock::now() - t0)
@@ -503,6 +506,14 @@ enroll::enroll_reply enroll_one(store& st, const enroll::enroll_request& req,
     reply.ca_pem = relay_ca_pem;
     reply.tunnel_port = tunnel_port;
     reply.server_name = server_name;
+    if (auto fleet = st.relays()) {
+        // A fleet: the connector attaches to two of these (not to draining ones).
+        for (const auto& f : fleet.value()) {
+            if (!f.draining && !f.drain_requested && !f.address.empty()) {
+                reply.relays.push_back(f.address);
+            }
+        }
+    }
     log::info("connector_enrolled", {{"connector", reply.connector_id},
                                      {"tenant", reply.tenant},
                                      {"group", reply.group},

@@ -4,6 +4,7 @@
 #include "dataplane/base/log.hh"
 #include "tls/ca.hh"
 
+#include <algorithm>
 #include <filesystem>
 #include <fmt/format.h>
 #include <unordered_map>
@@ -43,6 +44,12 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
                                                                 std::string* why) {
     auto snap = std::make_shared<relay::snapshot>();
     snap->version = view.config_version;
+    for (const auto& r : view.relays) {
+        // One CONFIG line per relay, fields split by spaces: a region's spaces become '_'.
+        std::string region = r.region;
+        std::replace(region.begin(), region.end(), ' ', '_');
+        snap->fleet.push_back({r.node, r.address, region, r.draining});
+    }
     snap->limits = settings.limits;
     snap->min_connector_version = settings.min_connector_version;
     snap->latest_connector_version = settings.latest_connector_version;
@@ -65,7 +72,7 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
             continue; // the view is read in one transaction: cannot happen, skip defensively
         }
         group_index.emplace(g.tenant + "/" + g.name, uint32_t(snap->groups.size()));
-        snap->groups.push_back({ti->second, g.name, uint64_t(g.id)});
+        snap->groups.push_back({ti->second, g.name, uint64_t(g.id), g.region});
     }
     for (const auto& c : view.connectors) {
         auto gi = group_index.find(c.tenant + "/" + c.group);

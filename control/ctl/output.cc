@@ -209,13 +209,28 @@ std::string format_groups(const json& j) {
 
 std::string format_connectors(const json& j, int64_t now_s) {
     std::vector<std::vector<std::string>> rows;
+    bool fleet = false; // a fleet store says where each connector's tunnels land
+    for (const auto& c : list(j, "connectors")) {
+        fleet |= c.contains("relays");
+    }
     for (const auto& c : list(j, "connectors")) {
         rows.push_back({cell(c, "id"), cell(c, "name"), cell(c, "group"), cell(c, "status"),
                         cell(c, "tunnels"), cell(c, "version"),
                         format_age(number(c, "last_seen"), now_s)});
+        if (fleet) {
+            std::string relays;
+            for (const auto& r : c.value("relays", json::array())) {
+                relays += (relays.empty() ? "" : ",") + r.get<std::string>();
+            }
+            rows.back().push_back(relays.empty() ? "-" : relays);
+        }
     }
-    std::string out =
-        render_table({"ID", "NAME", "GROUP", "STATUS", "TUNNELS", "VERSION", "LAST-SEEN"}, rows);
+    std::vector<std::string> headers = {"ID",      "NAME",    "GROUP",    "STATUS",
+                                        "TUNNELS", "VERSION", "LAST-SEEN"};
+    if (fleet) {
+        headers.push_back("RELAYS");
+    }
+    std::string out = render_table(headers, rows);
     if (j.contains("latest_connector_version")) {
         out += "latest connector version " + cell(j, "latest_connector_version") + ", minimum " +
                cell(j, "min_connector_version") + "\n";

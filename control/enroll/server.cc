@@ -245,6 +245,9 @@ std::string reply_line(const enroll_reply& reply) {
              {"ca_pem", reply.ca_pem},
              {"tunnel_port", reply.tunnel_port},
              {"server_name", reply.server_name}};
+        if (!reply.relays.empty()) {
+            j["relays"] = reply.relays;
+        }
     } else {
         j = {{"ok", false}, {"error", reply.error}};
     }

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 #include <thread>
 
 namespace apprelay::tls {
@@ -42,6 +43,7 @@ struct enroll_reply {
     std::string ca_pem;
     uint16_t tunnel_port = 0;
     std::string server_name;
+    std::vector<std::string> relays; // a fleet's relays (tunnel HOST:PORT); empty when alone
 };
 
 // Runs on the server's thread, one request at a time; must not throw (an exception is answered

@@ -94,6 +94,14 @@ struct store_view {
     std::vector<connector> connectors;
     std::vector<app> apps;
     std::vector<std::string> revoked_fingerprints;
+    // The fleet's relays (etcd store; empty for SQLite): node, tunnel address, region, draining.
+    struct relay_host {
+        std::string node;
+        std::string address;
+        std::string region;
+        bool draining = false;
+    };
+    std::vector<relay_host> relays;
     // Rows that could not be used (e.g. an app whose certificate no longer parses): skipped, and
     // each named here so the relay can log them; the rest of the view is complete.
     std::vector<std::string> warnings;

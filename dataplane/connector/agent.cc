@@ -708,6 +708,7 @@ void tunnel_link::on_goaway(uint32_t, tunnel::reason r, std::string_view msg) {
         _a->fatal_code = 4;
         return;
     }
+    _a->counters.add(connector_counter::relay_goaways);
     log::info("relay_goaway", {{"worker", _worker}, {"reason", msg}});
 }
 
@@ -822,6 +823,18 @@ std::string agent::status_json() const {
     j["tenant"] = config ? config->tenant : "";
     j["group"] = config ? config->group : "";
     j["tunnels_up"] = counters.get(connector_counter::tunnels_up);
+    if (config && !config->relays.empty()) {
+        // What the fleet manager (fleet.cc) chooses from: the relays CONFIG names.
+        j["region"] = config->region;
+        nlohmann::json fleet = nlohmann::json::array();
+        for (const auto& r : config->relays) {
+            fleet.push_back({{"node", r.node},
+                             {"address", r.address},
+                             {"region", r.region},
+                             {"draining", r.draining}});
+        }
+        j["fleet"] = fleet;
+    }
     return j.dump();
 }
 

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace apprelay::connector {
 
@@ -25,7 +26,8 @@ namespace apprelay::connector {
     X(streams_reset, "streams reset (either side)")                                                \
     X(bytes_to_backend, "bytes written to backends")                                               \
     X(bytes_from_backend, "bytes read from backends")                                              \
-    X(protocol_errors, "tunnels closed for a protocol violation by the relay")
+    X(protocol_errors, "tunnels closed for a protocol violation by the relay")                     \
+    X(relay_goaways, "GOAWAYs from the relay (it is draining or stopping)")
 
 APPRELAY_DECLARE_COUNTERS(connector_counter, APPRELAY_CONNECTOR_COUNTERS)
 
@@ -50,6 +52,9 @@ struct agent_options {
     // the relay's tunnels spread over them; the control thread (stats, /metrics) on C. Empty:
     // one loop on the calling thread, unpinned.
     std::string core_map;
+    // A fleet's relays (from enrollment; refreshed by CONFIG): with two or more, `run` keeps
+    // tunnels to two relay hosts (fleet.hh) instead of to `relay` alone.
+    std::vector<std::string> relays;
 };
 
 // Runs until stop, then drains (GOAWAY to the relay, streams in flight finish, deadline); returns

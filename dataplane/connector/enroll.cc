@@ -284,7 +284,28 @@ struct relay_reply {
     std::string ca_pem;
     uint16_t tunnel_port = 0;
     std::string server_name;
+    std::vector<std::string> relays; // a fleet's relays, HOST:PORT
 };
+
+// An optional "relays" array of HOST:PORT strings (at most 64, each at most 300 bytes).
+bool read_relays(const nlohmann::json& doc, std::vector<std::string>* out) {
+    auto it = doc.find("relays");
+    if (it == doc.end()) {
+        return true;
+    }
+    if (!it->is_array() || it->size() > 64) {
+        return false;
+    }
+    for (const auto& r : *it) {
+        if (!r.is_string() || r.get_ref<const std::string&>().empty() ||
+            r.get_ref<const std::string&>().size() > 300 ||
+            r.get_ref<const std::string&>().find(':') == std::string::npos) {
+            return false;
+        }
+        out->push_back(r.get<std::string>());
+    }
+    return true;
+}
 
 // PROTOCOL.md step 6. errc::refused with the relay's reason, or protocol_error for a bad reply.
 result<relay_reply> parse_reply(const std::string& line, std::string* why) {
@@ -319,6 +340,10 @@ result<relay_reply> parse_reply(const std::string& line, std::string* why) {
         return error(errc::protocol_error, "incomplete enrollment reply");
     }
     r.tunnel_port = static_cast<uint16_t>(port->get<uint64_t>());
+    if (!read_relays(doc, &r.relays)) {
+        set_why(why, "relay sent an invalid relay list");
+        return error(errc::protocol_error, "invalid relay list");
+    }
     return r;
 }
 
@@ -444,6 +469,9 @@ result<registration> register_connector(const register_options& opts, std::strin
         relay_host.find(':') != std::string::npos ? "[" + relay_host + "]" : relay_host;
     nlohmann::json relay_json = {{"relay", host + ":" + std::to_string(reply->tunnel_port)},
                                  {"server_name", reply->server_name}};
+    if (!reply->relays.empty()) {
+        relay_json["relays"] = reply->relays; // a fleet: `run` attaches to two of them
+    }
     for (auto [file, text] : {std::pair<const char*, std::string>{"key.pem", made->key_pem},
                               {"cert.pem", reply->cert_pem},
                               {"ca.pem", reply->ca_pem},
@@ -482,6 +510,10 @@ result<state> load_state(const std::string& dir, std::string* why) {
     }
     st.relay = doc["relay"].get<std::string>();
     st.server_name = doc["server_name"].get<std::string>();
+    if (!read_relays(doc, &st.relays)) {
+        set_why(why, json_path + ": relays must be an array of HOST:PORT strings");
+        return error(errc::invalid_argument, "invalid relay.json");
+    }
     std::string cert_pem;
     if (!read_small_file(st.cert_path, k_max_relay_json, &cert_pem)) {
         set_why(why, "cannot read " + st.cert_path);

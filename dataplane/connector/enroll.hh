@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 #include <string_view>
 
 namespace apprelay::connector {
@@ -56,6 +57,7 @@ result<registration> register_connector(const register_options& opts, std::strin
 // What `run --state-dir DIR` needs, read back from DIR.
 struct state {
     std::string relay;       // HOST:tunnel_port
+    std::vector<std::string> relays; // a fleet's relays (HOST:PORT); empty: `relay` alone
     std::string server_name; // name on the relay's certificate
     std::string key_path;
     std::string cert_path;

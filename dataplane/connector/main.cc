@@ -1,6 +1,7 @@
 // apprelay-connector: argument parsing and signal wiring only (agent.cc does the work).
 #include "dataplane/base/log.hh"
 #include "dataplane/connector/agent.hh"
+#include "dataplane/connector/fleet.hh"
 #include "dataplane/connector/enroll.hh"
 #include "dataplane/connector/status_http.hh"
 
@@ -87,6 +88,7 @@ int main(int argc, char** argv) {
             return 2;
         }
         o.relay = st->relay;
+        o.relays = st->relays;
         o.server_name = st->server_name;
         o.cert_path = st->cert_path;
         o.key_path = st->key_path;
@@ -105,5 +107,8 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, on_signal);
     std::signal(SIGINT, on_signal);
     std::signal(SIGPIPE, SIG_IGN);
+    if (o.relays.size() >= 2) {
+        return apprelay::connector::run_fleet(o, g_stop); // tunnels to two relay hosts
+    }
     return apprelay::connector::run_agent(o, g_stop);
 }

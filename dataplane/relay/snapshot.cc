@@ -50,7 +50,7 @@ void finalize(snapshot& s) {
         auto& c = s.connectors[i];
         s.connector_by_fingerprint.emplace(c.fingerprint, uint32_t(i));
         tunnel::connector_config cc{s.tenants[c.tenant].name, s.groups[c.group].name,
-                                    backends[c.group]};
+                                    backends[c.group], s.groups[c.group].region, s.fleet};
         c.config_body = tunnel::encode_connector_config(cc);
     }
 }

@@ -3,6 +3,8 @@
 // control thread from the store and read by workers without locks through an RCU cell
 // (dataplane/core/rcu_cell.hh). Indices are only meaningful within one snapshot: anything a
 // worker keeps across snapshots is keyed by connector fingerprint or app hostname.
+#include "dataplane/tunnel/connector_config.hh"
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -22,6 +24,7 @@ struct group_entry {
     uint32_t tenant = 0; // index into tenants
     std::string name;
     uint64_t id = 0; // the store's id: stable across renames, so a rename never drains
+    std::string region;
 };
 
 struct connector_entry {
@@ -93,6 +96,8 @@ struct snapshot {
     // lowercase hostname -> app; search it with find_app (dataplane/relay/routing.hh)
     std::unordered_map<std::string, uint32_t, string_hash, std::equal_to<>> app_by_hostname;
     relay_limits limits;
+    // The fleet's relays (etcd store), told to connectors in CONFIG; empty for a lone relay.
+    std::vector<tunnel::fleet_relay_info> fleet;
     std::string latest_connector_version = "0.1.0";
     std::string min_connector_version = "0.1.0";
 };

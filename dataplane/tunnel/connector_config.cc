@@ -18,6 +18,13 @@ std::string encode_connector_config(const connector_config& c) {
     for (const auto& b : sorted) {
         out += "backend " + b + "\n";
     }
+    if (!c.region.empty()) {
+        out += "region " + c.region + "\n";
+    }
+    for (const auto& r : c.relays) {
+        out += "relay " + r.node + " " + r.address + " " + (r.region.empty() ? "-" : r.region) +
+               (r.draining ? " 1\n" : " 0\n");
+    }
     return out;
 }
 
@@ -58,11 +65,39 @@ result<connector_config> decode_connector_config(std::span<const std::byte> body
                 return error(errc::protocol_error, "CONFIG has too many backends");
             }
             c.backends.emplace_back(value);
+        } else if (key == "region") {
+            c.region = value;
+        } else if (key == "relay") {
+            if (c.relays.size() == k_max_config_relays) {
+                return error(errc::protocol_error, "CONFIG has too many relays");
+            }
+            fleet_relay_info r;
+            std::string_view rest = value;
+            std::string_view f[4];
+            for (int i = 0; i < 4; ++i) {
+                auto s = rest.find(' ');
+                f[i] = rest.substr(0, s);
+                if (f[i].empty() || (i < 3 && s == std::string_view::npos)) {
+                    return error(errc::protocol_error, "CONFIG relay is not 'node addr region 0|1'");
+                }
+                rest = s == std::string_view::npos ? std::string_view() : rest.substr(s + 1);
+            }
+            if (!rest.empty() || (f[3] != "0" && f[3] != "1") ||
+                f[1].find(':') == std::string_view::npos) {
+                return error(errc::protocol_error, "CONFIG relay is not 'node addr region 0|1'");
+            }
+            r.node = f[0];
+            r.address = f[1];
+            r.region = f[2] == "-" ? std::string() : std::string(f[2]);
+            r.draining = f[3] == "1";
+            c.relays.push_back(std::move(r));
         }
     }
     if (!have_tenant || !have_group) {
         return error(errc::protocol_error, "CONFIG lacks tenant or group");
     }
+    std::sort(c.relays.begin(), c.relays.end(),
+              [](const fleet_relay_info& a, const fleet_relay_info& b) { return a.node < b.node; });
     std::sort(c.backends.begin(), c.backends.end());
     c.backends.erase(std::unique(c.backends.begin(), c.backends.end()), c.backends.end());
     return c;

@@ -6,6 +6,9 @@
 //   tenant contoso
 //   group site-a
 //   backend 10.1.0.5:443        (one line per backend this connector's group may reach)
+//   region eu-west              (the group's region; absent = none)
+//   relay relay-a 10.0.0.1:8444 eu-west 0   (a fleet's relays: node, tunnel address, region or
+//                                            "-", draining 0|1; absent with a lone relay)
 //
 // Unknown keys are ignored (newer relays may add some). Decoding validates every line; the
 // connector refuses an OPEN whose target is not one of the backends.
@@ -21,11 +24,23 @@ namespace apprelay::tunnel {
 
 constexpr std::size_t k_max_config_backends = 1024;
 constexpr std::size_t k_max_config_line = 300; // "backend " + a 255-byte host:port + slack
+constexpr std::size_t k_max_config_relays = 64;
+
+// A relay host of the fleet, as the connector needs it to choose where to attach.
+struct fleet_relay_info {
+    std::string node;
+    std::string address; // host:port of its tunnel listener
+    std::string region;  // empty = none
+    bool draining = false;
+    bool operator==(const fleet_relay_info&) const = default;
+};
 
 struct connector_config {
     std::string tenant;
     std::string group;
     std::vector<std::string> backends; // sorted, unique
+    std::string region;                // the group's region
+    std::vector<fleet_relay_info> relays; // sorted by node; empty = a lone relay
     bool allows(std::string_view target) const noexcept;
 };
 

@@ -143,6 +143,49 @@ class FleetRelay:
                 self.proc.stop(sig=sig, timeout=timeout)
 
 
+WEB_SNI = "web.contoso.test"
+
+
+def publish_web(env, relay, group="Default"):
+    """An echo backend published as app `web` (WEB_SNI, certificate from the users' trust CA)
+    through `relay`'s admin API. Returns the backend's port."""
+    env.pki.ca("users-ca", "apprelay users trust CA")
+    crt, key = env.pki.leaf("app-web", "users-ca", WEB_SNI, dns=[WEB_SNI], usage="serverAuth")
+    _, port = env.start_backend("echo")
+    relay.ctl("apps", "create", "web", "--backend", f"127.0.0.1:{port}", "--hostname", WEB_SNI,
+              "--cert", env.pki.path(crt), "--key", env.pki.path(key), "--group", group)
+    return port
+
+
+def echo_through(env, port, nbytes=4096, seed=1):
+    """One user request: an echo of `nbytes` through the relay's user port, byte-exact."""
+    c = h.UserClient(port, WEB_SNI, env.pki.path("users-ca.crt"), timeout=10.0)
+    try:
+        h.echo_roundtrip(c, h.pattern(nbytes, seed=seed), timeout=20.0)
+    finally:
+        c.close()
+
+
+def pin_to_one_relay(env, cid):
+    """Drops the fleet list from a connector's relay.json: it then dials only the relay it
+    enrolled at, as a connector older than fleets does (tests of presence per relay use it)."""
+    path = os.path.join(env.dir, f"conn-{cid}", "relay.json")
+    with open(path) as f:
+        doc = json.load(f)
+    doc.pop("relays", None)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+
+
+def run_tests(tests):
+    """The CLI of a fleet test file: the named tests (all by default); exit status."""
+    names = sys.argv[1:] or list(tests)
+    rc = 0
+    for name in names:
+        rc |= h.run_test(f"fleet_{name}", tests[name])
+    return rc
+
+
 def enroll_at(env, relay, cid, group="Default", tenant="contoso"):
     """Token from `relay`, redeemed at `relay`'s enrollment port; the connector's state dir then
     points at that relay's tunnel listener."""
@@ -210,3 +253,68 @@ class RequestLog:
         f = self.failures()
         return f"{len(self.outcomes)} requests, {len(f)} failed" + (
             f" (first: {f[0][3]})" if f else "")
+
+
+def demo():
+    """scripts/demo --fleet: 3 etcd members, 2 relays, 2 connectors on loopback; traffic through
+    each relay, then relay-b killed and traffic again through relay-a. Prints what happened;
+    exits non-zero if any stream failed."""
+    from etcd_cluster import EtcdCluster
+
+    sni = "web.contoso.test"
+    failed = 0
+
+    def body(env):
+        nonlocal failed
+        with EtcdCluster(3) as etcd:
+            h.log(f"etcd members: {etcd.endpoints_csv}")
+            env.pki.ca("users-ca", "apprelay users trust CA")
+            crt, key = env.pki.leaf("app-web", "users-ca", sni, dns=[sni], usage="serverAuth")
+            _, port = env.start_backend("echo")
+            a = FleetRelay(env, "relay-a", etcd.endpoints, region="eu").start()
+            b = FleetRelay(env, "relay-b", etcd.endpoints, region="eu").start()
+            h.wait_until(lambda: len(a.ctl_json("relays", "list")["relays"]) == 2, 10,
+                         "both relays in presence")
+            a.ctl("apps", "create", "web", "--backend", f"127.0.0.1:{port}", "--hostname", sni,
+                  "--cert", env.pki.path(crt), "--key", env.pki.path(key))
+            a.use()
+            for cid in ("c1", "c2"):
+                env.enroll(cid)
+                env.start_connector(cid)
+
+            def attached():
+                cs = a.ctl_json("connectors", "list")["connectors"]
+                return len(cs) == 2 and all(len(c.get("relays", [])) == 2 for c in cs)
+            h.wait_until(attached, 20, "each connector on both relays")
+            print(a.ctl("relays", "list")[1])
+            print(a.ctl("connectors", "list")[1])
+
+            def load(relay, label):
+                nonlocal failed
+                relay.use()
+                rc, r = h.run_loadgen(env, sni, 2000, 32, 16384)
+                r = r or {"failed": 2000}
+                failed += int(r.get("failed", 0)) + (rc != 0)
+                print(f"{label}: {r.get('ok')} streams ok, {r.get('failed')} failed, "
+                      f"{r.get('streams_per_s', 0):.0f} streams/s, p99 "
+                      f"{r.get('p99_ms', 0):.1f} ms")
+            load(a, "through relay-a")
+            load(b, "through relay-b")
+            b.stop(sig=9)
+            print("relay-b killed (SIGKILL)")
+            load(a, "through relay-a, relay-b dead")
+            h.wait_until(lambda: len(a.ctl_json("relays", "list")["relays"]) == 1, 10,
+                         "relay-b's presence lease expires")
+            print(a.ctl("relays", "list")[1])
+            print(a.ctl("connectors", "list")[1])
+    rc = h.run_test("fleet_demo", body)
+    print(f"fleet demo: {'ok' if rc == 0 and failed == 0 else 'FAILED'} "
+          f"({failed} failed streams)")
+    return 1 if rc != 0 or failed else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["demo"]:
+        sys.exit(demo())
+    print("usage: fleet.py demo", file=sys.stderr)
+    sys.exit(2)

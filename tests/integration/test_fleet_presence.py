@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Fleet presence, partitions and fleet-wide jobs (issue 13), with a real 3-member etcd cluster,
-two relays and a connector on each.
+two relays and a connector pinned to each (c1 on A, c2 on B; test_fleet_attach has connectors
+on both).
 
 partition   Relay B reaches etcd only through TCP fault proxies (tcp_proxy.py), which the test
             cuts. Expected: B reports stale within 5 s and keeps serving its own tunnel (every
@@ -31,27 +32,24 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 from etcd_cluster import EtcdCluster  # noqa: E402
-from fleet import FleetRelay, RequestLog  # noqa: E402
+from fleet import (WEB_SNI as SNI, FleetRelay, RequestLog, echo_through,  # noqa: E402
+                   pin_to_one_relay, publish_web, run_tests)
 from tcp_proxy import TcpProxy  # noqa: E402
 
-SNI = "web.contoso.test"
 TTL = 4
 PREFIX = "/apprelay/"
 
 
 def base_world(env, etcd, endpoints_b=None, connector_settings=None):
-    env.pki.ca("users-ca", "apprelay users trust CA")
-    crt, key = env.pki.leaf("app-web", "users-ca", SNI, dns=[SNI], usage="serverAuth")
-    _, port = env.start_backend("echo")
     a = FleetRelay(env, "relay-a", etcd.endpoints, region="eu", lease_ttl_s=TTL,
                    connector_settings=connector_settings).start()
     b = FleetRelay(env, "relay-b", endpoints_b or etcd.endpoints, region="us", lease_ttl_s=TTL,
                    connector_settings=connector_settings).start()
-    a.ctl("apps", "create", "web", "--backend", f"127.0.0.1:{port}", "--hostname", SNI,
-          "--cert", env.pki.path(crt), "--key", env.pki.path(key))
+    port = publish_web(env, a)
     for cid, r in (("c1", a), ("c2", b)):
         r.use()
         env.enroll(cid)
+        pin_to_one_relay(env, cid)  # c1 on A only, c2 on B only: presence per relay
         env.start_connector(cid)
     for r in (a, b):
         h.wait_until(lambda r=r: r.tunnels_up() >= 1, 20, f"{r.name} holds a tunnel")
@@ -204,8 +202,4 @@ TESTS = {"partition": test_partition, "relays": test_relays, "kill": test_kill,
          "purge": test_purge}
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or list(TESTS)
-    rc = 0
-    for name in names:
-        rc |= h.run_test(f"fleet_{name}", TESTS[name])
-    sys.exit(rc)
+    sys.exit(run_tests(TESTS))

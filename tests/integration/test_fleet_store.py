@@ -2,7 +2,7 @@
 """The fleet store (issue 13): relays sharing one etcd prefix, with a real 3-member etcd cluster
 on loopback and real relays, connectors and users.
 
-shared      Two relays (A, B). An app created on A and connectors enrolled at A and at B: B's
+shared      Two relays (A, B). An app created on A and connectors enrolled at A and at B (each pinned to that relay): B's
             config_version reaches A's within 3 s; users get echoes through both relays (each
             relay holds its own connector's tunnel); `connectors list` on either relay shows both
             connectors active (presence aggregated across relays, liveness never written per
@@ -32,26 +32,23 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 from etcd_cluster import EtcdCluster  # noqa: E402
-from fleet import FleetRelay, RequestLog  # noqa: E402
+from fleet import (WEB_SNI as SNI, FleetRelay, RequestLog, echo_through,  # noqa: E402
+                   pin_to_one_relay, publish_web, run_tests)
 
-SNI = "web.contoso.test"
 
 
 def world(env, etcd, relays=("relay-a", "relay-b"), lease_ttl_s=4):
     """Relays on one etcd prefix, echo backend, app `web` (created on the first relay), a
     connector enrolled at each relay and running. Returns (relays, connector procs)."""
-    env.pki.ca("users-ca", "apprelay users trust CA")
-    crt, key = env.pki.leaf("app-web", "users-ca", SNI, dns=[SNI], usage="serverAuth")
-    _, port = env.start_backend("echo")
     rs = [FleetRelay(env, name, etcd.endpoints, lease_ttl_s=lease_ttl_s).start()
           for name in relays]
-    rs[0].ctl("apps", "create", "web", "--backend", f"127.0.0.1:{port}", "--hostname", SNI,
-              "--cert", env.pki.path(crt), "--key", env.pki.path(key))
+    publish_web(env, rs[0])
     conns = []
     for i, r in enumerate(rs):
         r.use()
         cid = f"c{i + 1}"
         env.enroll(cid)
+        pin_to_one_relay(env, cid)  # c1 on A only, c2 on B only: presence per relay
         conns.append(env.start_connector(cid))
     for r in rs:
         h.wait_until(lambda r=r: r.tunnels_up() >= 1, 20, f"{r.name} holds a tunnel")
@@ -59,14 +56,6 @@ def world(env, etcd, relays=("relay-a", "relay-b"), lease_ttl_s=4):
     for r in rs:
         h.wait_until(lambda r=r: r.config_version() >= want, 5, f"{r.name} at version {want}")
     return rs, conns
-
-
-def echo_through(env, port, nbytes=4096, seed=1):
-    c = h.UserClient(port, SNI, env.pki.path("users-ca.crt"), timeout=10.0)
-    try:
-        h.echo_roundtrip(c, h.pattern(nbytes, seed=seed), timeout=20.0)
-    finally:
-        c.close()
 
 
 def statuses(relay):
@@ -252,8 +241,4 @@ TESTS = {"shared": test_shared, "redeem": test_redeem, "quorum": test_quorum,
          "failover": test_failover}
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or list(TESTS)
-    rc = 0
-    for name in names:
-        rc |= h.run_test(f"fleet_{name}", TESTS[name])
-    sys.exit(rc)
+    sys.exit(run_tests(TESTS))

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
+#include <random>
 #include <thread>
 
 namespace apprelay::control::etcd {
@@ -18,8 +19,17 @@ namespace {
 
 using namespace rules;
 
-// A write that keeps losing races gives up with a retryable error after this many rounds.
-constexpr int k_write_attempts = 16;
+// A write that keeps losing races gives up with a retryable error after this many rounds; each
+// lost round waits a jittered, growing pause first (two writers in lockstep would otherwise
+// keep colliding, and the faster one starve the other).
+constexpr int k_write_attempts = 64;
+
+void pause_after_lost_race(int attempt) {
+    thread_local std::mt19937 rng(std::random_device{}());
+    const int cap_us = std::min(20'000, 250 << std::min(attempt, 6));
+    std::uniform_int_distribution<int> d(0, cap_us);
+    std::this_thread::sleep_for(std::chrono::microseconds(d(rng)));
+}
 
 int64_t unix_now() {
     return static_cast<int64_t>(::time(nullptr));
@@ -224,6 +234,7 @@ template <class F> auto etcd_store::write(F&& fn) {
             return out(changed<value>{std::move(r).value(), version});
         }
         // Another writer won between our read and our commit: read again.
+        pause_after_lost_race(attempt);
     }
     return out(err(kind::unavailable, "store busy: concurrent writes kept winning; retry"));
 }
@@ -957,6 +968,10 @@ store_result<changed<std::vector<std::string>>> etcd_store::purge_inactive(int64
         t.bump = !ids.empty();
         return ids;
     });
+}
+
+uint64_t etcd_store::fleet_epoch() {
+    return _fleet ? _fleet->fleet_epoch() : 0;
 }
 
 store_health etcd_store::health() {

@@ -92,6 +92,7 @@ public:
     store_result<changed<std::vector<std::string>>> purge_inactive(int64_t max_age_s,
                                                                    int64_t now) override;
     store_health health() override;
+    uint64_t fleet_epoch() override;
 
     store_result<std::vector<fleet_relay>> relays() override;
     store_result<uint64_t> request_drain(const std::string& node) override;

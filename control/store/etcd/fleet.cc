@@ -107,6 +107,20 @@ void fleet_member::publish_locked() {
         lines += key + "\t" + std::to_string(item.mod_revision) + "\n";
     }
     _digest = to_hex(sha256(lines));
+    std::string fleet;
+    for (const auto& [node, r] : _model->relays) {
+        fleet += node + " " + r.address + " " + r.region + " " +
+                 (r.draining || _model->drain_requests.count(node) != 0 ? "1" : "0") + "\n";
+    }
+    if (fleet != _fleet_signature) {
+        _fleet_signature = std::move(fleet);
+        ++_fleet_epoch;
+    }
+}
+
+uint64_t fleet_member::fleet_epoch() const {
+    std::lock_guard<std::mutex> g(_mu);
+    return _fleet_epoch;
 }
 
 store_result<void> fleet_member::reread() {
@@ -329,7 +343,9 @@ bool fleet_member::presence_round(int64_t now) {
     bool relay = false;
     {
         std::lock_guard<std::mutex> g(_mu);
-        if (_relay_dirty) {
+        // Announced once its listener is bound (a configured port 0 is not an address).
+        const bool addressed = _address.size() < 2 || _address.compare(_address.size() - 2, 2, ":0") != 0;
+        if (_relay_dirty && addressed) {
             relay_rec r{_o.fleet.node, _address, _o.fleet.region, _draining, _started,
                         _model ? _model->config_version : 0, stale_locked(), 0};
             _announced_version = r.config_version;

@@ -41,6 +41,7 @@ public:
     // The newest good copy (never null after start() succeeded).
     std::shared_ptr<const model> current() const;
     store_health health() const;
+    uint64_t fleet_epoch() const;
 
     void set_tunnel(const std::string& connector_id, bool up, int64_t now);
     void seen(const std::string& connector_id, const std::string& version, int64_t now);
@@ -74,6 +75,8 @@ private:
     uint64_t _skipped = 0;
     uint64_t _watch_restarts = 0;
     std::string _digest;
+    std::string _fleet_signature; // relays as connectors see them
+    uint64_t _fleet_epoch = 0;
 
     // Presence wanted (control thread) and written (presence thread).
     std::map<std::string, std::string> _tunnels;          // connector -> version, held here

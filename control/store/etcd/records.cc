@@ -413,6 +413,14 @@ store_view to_view(const model& m, const std::string& server_name) {
     for (const auto& [fp, at] : m.revoked) {
         v.revoked_fingerprints.push_back(fp);
     }
+    for (const auto& [node, r] : m.relays) {
+        if (!r.address.empty() && r.address.find(':') != std::string::npos &&
+            r.address.find(' ') == std::string::npos &&
+            r.address.compare(r.address.size() - 2, 2, ":0") != 0) {
+            v.relays.push_back({node, r.address, r.region,
+                                r.draining || m.drain_requests.count(node) != 0});
+        }
+    }
     return v;
 }
 

@@ -601,6 +601,8 @@ TEST_P(store_test, two_threads_writing_concurrently_never_corrupt_the_store) {
                 "contoso", "g" + std::to_string(w) + "-" + std::to_string(i), "", k_now);
             if (!r.ok() || r->config_version <= last) {
                 ++failures;
+                ADD_FAILURE() << "write " << i << " of writer " << w << ": "
+                              << (r.ok() ? "version went back" : r.err().message);
                 continue;
             }
             last = r->config_version;
