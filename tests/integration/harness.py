@@ -125,13 +125,14 @@ class PKI:
                   "-addext", "keyUsage=critical,keyCertSign,cRLSign"], self.dir)
         return f"{name}.crt"
 
-    def leaf(self, name, ca, cn, dns=(), usage="serverAuth"):
+    def leaf(self, name, ca, cn, dns=(), usage="serverAuth", ips=()):
         _openssl(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                   "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}"], self.dir)
         ext = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature",
                f"extendedKeyUsage={usage}"]
-        if dns:
-            ext.append("subjectAltName=" + ",".join(f"DNS:{d}" for d in dns))
+        if dns or ips:
+            ext.append("subjectAltName=" + ",".join([f"DNS:{d}" for d in dns] +
+                                                    [f"IP:{i}" for i in ips]))
         with open(self.path(f"{name}.ext"), "w") as f:
             f.write("\n".join(ext) + "\n")
         _openssl(["x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",

@@ -237,7 +237,94 @@ def test_failover(env):
         h.check(not load.failures(), f"zero failed user requests: {load.summary()}")
 
 
-TESTS = {"shared": test_shared, "redeem": test_redeem, "quorum": test_quorum,
+def test_bad_records(env):
+    """etcd is untrusted input too: records written behind the relays' backs are checked."""
+    with EtcdCluster(3) as etcd:
+        (a, b), conns = world(env, etcd)
+        skipped0 = a.store_health().get("records_skipped", 0)
+        app_key = "/apprelay/apps/contoso/web"
+        good = etcd.get(app_key)
+        # A malformed value over a good record, an oversized one, and a key nobody knows.
+        etcd.put(app_key, "{not json")
+        etcd.put("/apprelay/apps/contoso/huge", "x" * (70 * 1024))
+        etcd.put("/apprelay/tenants/../../etc", "{}")
+        h.wait_until(lambda: a.store_health().get("records_skipped", 0) >= skipped0 + 3, 5,
+                     "relay-a counts three records skipped")
+        for r in (a, b):
+            echo_through(env, r.user_port)  # the app's previous record stays in force
+        st = a.ctl_json("status")
+        h.check(st["store"]["stale"] is False, f"a bad record is not an outage: {st['store']}")
+        text = a.log_text()
+        h.check("etcd_record_skipped" in text and "/apprelay/apps/contoso/huge" in text,
+                "the log names each skipped record")
+        etcd.put(app_key, good)  # repaired: taken again
+        echo_through(env, a.user_port)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tls(env):
+    """TLS to etcd with client certificates: a relay with the right files works; one without a
+    client certificate fails to start, naming the store."""
+    pki = env.pki
+    pki.ca("etcd-ca", "etcd test CA")
+    srv_crt, srv_key = pki.leaf("etcd-server", "etcd-ca", "etcd", dns=["localhost"],
+                                ips=["127.0.0.1"], usage="serverAuth,clientAuth")
+    cli_crt, cli_key = pki.leaf("etcd-client", "etcd-ca", "apprelay", usage="clientAuth")
+    cport, pport = free_port(), free_port()
+    data = os.path.join(env.dir, "etcd-tls")
+    url = f"https://127.0.0.1:{cport}"
+    env.start("etcd-tls", ["etcd", "--name", "tls0", "--data-dir", data,
+                           "--listen-client-urls", url, "--advertise-client-urls", url,
+                           "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+                           "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+                           "--initial-cluster", f"tls0=http://127.0.0.1:{pport}",
+                           "--cert-file", pki.path(srv_crt), "--key-file", pki.path(srv_key),
+                           "--trusted-ca-file", pki.path("etcd-ca.crt"), "--client-cert-auth",
+                           "--log-level", "error", "--logger", "zap"])
+
+    def tls_relay(name, endpoint, with_client_cert=True):
+        r = FleetRelay(env, name, [endpoint])
+        r.topo.store["ca_file"] = pki.path("etcd-ca.crt")
+        if with_client_cert:
+            r.topo.store["cert_file"] = pki.path(cli_crt)
+            r.topo.store["key_file"] = pki.path(cli_key)
+        return r
+
+    # By IP (the certificate's IP SAN) and by name (resolved; checked against DNS:localhost).
+    a = None
+    for i, endpoint in enumerate((f"127.0.0.1:{cport}", f"localhost:{cport}")):
+        r = tls_relay(f"relay-{i}", endpoint)
+        h.wait_until(lambda r=r: _starts(r), 20, f"relay over TLS to {endpoint}")
+        a = a or r
+    a.ctl("groups", "create", "over-tls")
+    st = a.ctl_json("status")
+    h.check(st["store"]["stale"] is False and st["store"]["lease_held"] is True,
+            f"current over TLS: {st['store']}")
+    bad = tls_relay("relay-nocert", f"127.0.0.1:{cport}", with_client_cert=False)
+    try:
+        bad.start(timeout=15)
+        raise h.TestFailure("a relay without a client certificate started")
+    except h.TestFailure as e:
+        if "started" in str(e):
+            raise
+    h.check("store_failed" in bad.log_text(), f"it names the store: {bad.log_text()[-400:]}")
+
+
+def _starts(relay):
+    """Starts `relay`; False (try again) while etcd is still coming up."""
+    try:
+        relay.start(timeout=15)
+        return True
+    except h.TestFailure:
+        return False
+
+
+TESTS = {"shared": test_shared, "tls": test_tls, "bad_records": test_bad_records, "redeem": test_redeem, "quorum": test_quorum,
          "failover": test_failover}
 
 if __name__ == "__main__":

@@ -304,6 +304,16 @@ store_result<void> etcd_store::ensure_relay_identity() {
     return err(kind::unavailable, "cannot record the relay identity: concurrent writers");
 }
 
+// A read of one tenant's objects: an unknown tenant is not_found, as in the SQLite store.
+template <class F> auto etcd_store::read_in_tenant(const std::string& tenant, F&& fn) {
+    return read_with([&](const model& m) -> decltype(fn(m)) {
+        if (m.tenants.count(tenant) == 0) {
+            return err(kind::not_found, "no tenant " + rules::quoted(tenant));
+        }
+        return fn(m);
+    });
+}
+
 store_result<relay_identity> etcd_store::relay() {
     return read_with([&](const model& m) -> store_result<relay_identity> {
         auto v = to_view(m, _server_name);
@@ -371,10 +381,7 @@ store_result<tenant> etcd_store::get_tenant(const std::string& name) {
 }
 
 store_result<std::vector<group>> etcd_store::groups(const std::string& tenant) {
-    return read_with([&](const model& m) -> store_result<std::vector<group>> {
-        if (m.tenants.count(tenant) == 0) {
-            return err(kind::not_found, "no tenant " + rules::quoted(tenant));
-        }
+    return read_in_tenant(tenant, [&](const model& m) -> store_result<std::vector<group>> {
         std::vector<group> out;
         for (const auto& [key, g] : m.groups) {
             if (g.tenant == tenant) {
@@ -386,10 +393,7 @@ store_result<std::vector<group>> etcd_store::groups(const std::string& tenant) {
 }
 
 store_result<std::vector<connector>> etcd_store::connectors(const std::string& tenant) {
-    return read_with([&](const model& m) -> store_result<std::vector<connector>> {
-        if (m.tenants.count(tenant) == 0) {
-            return err(kind::not_found, "no tenant " + rules::quoted(tenant));
-        }
+    return read_in_tenant(tenant, [&](const model& m) -> store_result<std::vector<connector>> {
         std::vector<connector> out;
         for (const auto& [id, r] : m.connectors) {
             const group_rec* g = m.group_by_id(r.group_id);
@@ -413,10 +417,7 @@ store_result<connector_counts> etcd_store::count_connectors() {
 }
 
 store_result<std::vector<app>> etcd_store::apps(const std::string& tenant) {
-    return read_with([&](const model& m) -> store_result<std::vector<app>> {
-        if (m.tenants.count(tenant) == 0) {
-            return err(kind::not_found, "no tenant " + rules::quoted(tenant));
-        }
+    return read_in_tenant(tenant, [&](const model& m) -> store_result<std::vector<app>> {
         std::vector<app> out;
         for (const auto& [key, r] : m.apps) {
             const group_rec* g = m.group_by_id(r.group_id);
@@ -431,10 +432,7 @@ store_result<std::vector<app>> etcd_store::apps(const std::string& tenant) {
 }
 
 store_result<std::vector<token_info>> etcd_store::tokens(const std::string& tenant, int64_t now) {
-    return read_with([&](const model& m) -> store_result<std::vector<token_info>> {
-        if (m.tenants.count(tenant) == 0) {
-            return err(kind::not_found, "no tenant " + rules::quoted(tenant));
-        }
+    return read_in_tenant(tenant, [&](const model& m) -> store_result<std::vector<token_info>> {
         std::vector<token_info> out;
         for (const auto& [id, t] : m.tokens) {
             const group_rec* g = m.group_by_id(t.group_id);

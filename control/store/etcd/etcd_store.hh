@@ -110,6 +110,7 @@ private:
     store_result<model> read();
     template <class F> auto write(F&& fn);
     template <class F> auto read_with(F&& fn);
+    template <class F> auto read_in_tenant(const std::string& tenant, F&& fn);
     store_result<void> ensure_relay_identity();
     store_result<app> save_app(tx& t, app_rec r, const app_fields& f, bool create);
 
