@@ -89,9 +89,28 @@ def test_kill(env):
         h.wait_until(lambda: both_attached(a), 15, "attached to both")
         load = RequestLog(env, [a.user_port], SNI, env.pki.path("users-ca.crt"),
                           interval=0.01).start()
+        # Streams in flight on B when it dies: each is open (an exchange done) and then waits.
+        inflight = []
+        for i in range(4):
+            c = h.UserClient(b.user_port, SNI, env.pki.path("users-ca.crt"), timeout=10.0)
+            chunk = h.pattern(1024, seed=50 + i)
+            h.check(c.transfer(chunk, len(chunk), timeout=10.0) == len(chunk),
+                    "an exchange through B before the kill")
+            inflight.append(c)
         time.sleep(1)
         b.stop(sig=signal.SIGKILL)
         h.log("relay-b killed")
+        lost = 0
+        for i, c in enumerate(inflight):
+            try:
+                chunk = h.pattern(1024, seed=60 + i)
+                c.transfer(chunk, len(chunk), timeout=5.0)
+            except (OSError, TimeoutError, h.TestFailure):
+                lost += 1
+            finally:
+                c.sock.close()
+        h.check(lost == len(inflight),
+                f"only the {len(inflight)} streams in flight on B fail (counted {lost})")
         h.wait_until(lambda: "relay-b" not in [r["node"] for r in
                                                a.ctl_json("relays", "list")["relays"]],
                      TTL + 3, "relay-b's presence expires")

@@ -207,3 +207,49 @@ mtu = 1500
                            "tunnel_listen = \"0.0.0.0:2\"\n[dpdk]\naddress = \"198.18.0.1/24\"\n");
     EXPECT_NE(wrong_host.find("relay.user_listen"), std::string::npos) << wrong_host;
 }
+
+TEST_F(settings, store_and_fleet_sections) {
+    control::relay_settings s;
+    ASSERT_EQ(load("[relay]\n", &s), "");
+    EXPECT_EQ(s.store.kind, "sqlite"); // one host by default
+    ASSERT_EQ(load(R"([relay]
+[store]
+kind = "etcd"
+endpoints = ["10.0.1.1:2379", "etcd-2.example:2379"]
+prefix = "/fleet-a/"
+ca_file = "etcd-ca.pem"
+cert_file = "/etc/apprelay/etcd.pem"
+key_file = "etcd.key"
+timeout_ms = 1500
+[fleet]
+node = "relay-1"
+region = "eu-west"
+address = "10.0.0.1:8444"
+lease_ttl_s = 6
+)",
+                   &s),
+              "");
+    EXPECT_EQ(s.store.endpoints.size(), 2u);
+    EXPECT_EQ(s.store.prefix, "/fleet-a/");
+    EXPECT_EQ(s.store.ca_file, (_dir / "etcd-ca.pem").string()); // relative to the file
+    EXPECT_EQ(s.store.cert_file, "/etc/apprelay/etcd.pem");
+    EXPECT_EQ(s.store.timeout_ms, 1500u);
+    EXPECT_EQ(s.fleet.node, "relay-1");
+    EXPECT_EQ(s.fleet.lease_ttl_s, 6u);
+
+    EXPECT_EQ(load("[relay]\n[store]\nkind = \"zookeeper\"\n"),
+              "store.kind: 'zookeeper' is not \"sqlite\" or \"etcd\"");
+    EXPECT_EQ(load("[relay]\n[store]\nkind = \"etcd\"\n"),
+              "store.endpoints: required with store.kind = \"etcd\" (host:port of each member)");
+    EXPECT_EQ(load("[relay]\n[store]\nkind = \"etcd\"\nendpoints = [\"10.0.0.1\"]\n"),
+              "store.endpoints: '10.0.0.1' is not host:port");
+    EXPECT_EQ(load("[relay]\n[store]\nprefix = \"/no-slash\"\n"),
+              "store.prefix: '/no-slash' must end with '/'");
+    EXPECT_EQ(load("[relay]\n[store]\ncert_file = \"c.pem\"\n"),
+              "store.cert_file and store.key_file go together");
+    EXPECT_EQ(load("[relay]\n[store]\ntimeout_ms = 10\n"),
+              "store.timeout_ms: expected an integer in 100..60000");
+    EXPECT_EQ(load("[relay]\n[fleet]\nlease_ttl_s = 1\n"),
+              "fleet.lease_ttl_s: expected an integer in 2..600");
+    EXPECT_EQ(load("[relay]\n[fleet]\nnodes = \"x\"\n"), "fleet.nodes: unknown key");
+}
