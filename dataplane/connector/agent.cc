@@ -57,8 +57,8 @@ bool resolve(const std::string& hp, sockaddr_storage* ss, socklen_t* len) {
     return true;
 }
 
-// Prometheus text of the connector counters (values in connector_counter order); `loops` > 0
-// adds the loop count of a multi-loop connector.
+} // namespace
+
 std::string metrics_for(const std::vector<uint64_t>& values, uint64_t config_version,
                         std::size_t loops) {
     std::string out;
@@ -80,6 +80,8 @@ std::string metrics_for(const std::vector<uint64_t>& values, uint64_t config_ver
     out += "apprelay_connector_config_version " + std::to_string(config_version) + "\n";
     return out;
 }
+
+namespace {
 
 void write_file_atomically(const std::string& path, const std::string& s) {
     std::string tmp = path + ".tmp";

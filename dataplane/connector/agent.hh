@@ -62,4 +62,9 @@ struct agent_options {
 // version older than its minimum).
 int run_agent(const agent_options& opts, const std::atomic<bool>& stop);
 
+// Prometheus text of the connector counters (values in connector_counter order); `loops` > 0
+// adds the loop count of a multi-loop connector.
+std::string metrics_for(const std::vector<uint64_t>& values, uint64_t config_version,
+                        std::size_t loops);
+
 } // namespace apprelay::connector

@@ -2,6 +2,7 @@
 #include "dataplane/connector/fleet.hh"
 
 #include "dataplane/base/log.hh"
+#include "dataplane/connector/status_http.hh"
 
 #include <algorithm>
 #include <chrono>
@@ -92,6 +93,15 @@ public:
 
     int run() {
         log::info("fleet_connector", {{"relays", _relays.size()}, {"attach", k_attach}});
+        if (!_o.metrics_listen.empty()) {
+            std::string why;
+            _http = status_http::start(_o.metrics_listen, &why);
+            if (!_http) {
+                log::error("metrics_failed", {{"reason", why}});
+                return 2;
+            }
+            log::info("metrics_listening", {{"port", _http->port()}});
+        }
         _last_up = clock::now();
         auto next_stats = clock::now();
         int code = 0;
@@ -334,7 +344,7 @@ private:
     }
 
     void write_stats() {
-        if (_o.stats_file.empty()) {
+        if (_o.stats_file.empty() && !_http) {
             return;
         }
         nlohmann::json out = nlohmann::json::object();
@@ -368,7 +378,17 @@ private:
         out["tunnels_up"] = total_up();
         out["relays"] = relays;
         out["relay"] = _attached.empty() ? "" : _attached.front()->address;
-        write_atomically(_o.stats_file, out.dump());
+        if (!_o.stats_file.empty()) {
+            write_atomically(_o.stats_file, out.dump());
+        }
+        if (_http) {
+            std::vector<uint64_t> values(std::size_t(connector_counter::count_), 0);
+            for (std::size_t i = 0; i < values.size(); ++i) {
+                values[i] = counters.value(std::string(connector_counter_names[i]), uint64_t(0));
+            }
+            _http->publish(metrics_for(values, out.value("config_version", uint64_t(0)), 0),
+                           out.dump());
+        }
     }
 
     agent_options _o;
@@ -380,6 +400,7 @@ private:
     std::string _stats_base;
     uint64_t _next = 0;
     clock::time_point _last_up;
+    std::unique_ptr<status_http> _http; // --metrics-listen: the fleet connector's sums
 };
 
 } // namespace

@@ -20,9 +20,11 @@ regions     Relays A (eu), B (us), C (eu); group G in region eu with connectors 
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -74,11 +76,27 @@ def both_attached(a, names=("c1", "c2"), nodes=("relay-a", "relay-b")):
 
 def test_attach(env):
     with EtcdCluster(3) as etcd:
-        (a, b), _ = world(env, etcd)
+        (a, b), procs = world(env, etcd)
         h.wait_until(lambda: both_attached(a), 15, "c1 and c2 attached to both relays")
+        # c3 also serves --metrics-listen: the sums over its two attachments.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            mport = s.getsockname()[1]
+        a.use()
+        env.enroll("c3")
+        env.start_connector("c3", extra=["--metrics-listen", f"127.0.0.1:{mport}"])
+
+        def metrics():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=2) as r:
+                    return r.read().decode()
+            except OSError:
+                return ""
+        h.wait_until(lambda: "apprelay_connector_tunnels_up 2\n" in metrics(), 15,
+                     "c3's /metrics: 2 tunnels up (one per relay)")
         rl = {r["node"]: r for r in a.ctl_json("relays", "list")["relays"]}
-        h.check(rl["relay-a"]["tunnels"] == 2 and rl["relay-b"]["tunnels"] == 2,
-                f"two connectors on each relay: {rl}")
+        h.check(rl["relay-a"]["tunnels"] == 3 and rl["relay-b"]["tunnels"] == 3,
+                f"three connectors on each relay: {rl}")
         for r in (a, b):
             echo_through(env, r.user_port)
 
