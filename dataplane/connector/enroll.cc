@@ -17,9 +17,11 @@
 #include <netdb.h>
 #include <nlohmann/json.hpp>
 #include <poll.h>
+#include <random>
 #include <sstream>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <thread>
 #include <unistd.h>
 
 namespace apprelay::connector {
@@ -446,11 +448,23 @@ result<registration> register_connector(const register_options& opts, std::strin
                           {"name", name},
                           {"version", opts.version}};
     std::string line = req.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    auto reply_line = exchange_line(opts.relay, token->ca_fingerprint, line, opts.deadline_ms, why);
-    if (!reply_line.ok()) {
-        return reply_line.err();
+    // "busy" is the relay's enrollment rate limit: it passes, so a few tries with a growing,
+    // jittered pause make a burst of registrations (a fleet's worth of connectors) succeed.
+    std::mt19937 rng(std::random_device{}());
+    result<relay_reply> reply = error(errc::refused, "enrollment refused");
+    for (int attempt = 0;; ++attempt) {
+        auto reply_line =
+            exchange_line(opts.relay, token->ca_fingerprint, line, opts.deadline_ms, why);
+        if (!reply_line.ok()) {
+            return reply_line.err();
+        }
+        reply = parse_reply(*reply_line, why);
+        if (reply.ok() || why == nullptr || *why != "busy" || attempt == 5) {
+            break;
+        }
+        std::uniform_int_distribution<int> d(100 << attempt, 200 << attempt);
+        std::this_thread::sleep_for(std::chrono::milliseconds(d(rng)));
     }
-    auto reply = parse_reply(*reply_line, why);
     if (!reply.ok()) {
         return reply.err();
     }

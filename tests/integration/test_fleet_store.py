@@ -153,6 +153,24 @@ def test_redeem(env):
         conns = a.ctl_json("connectors", "list")["connectors"]
         h.check(len(conns) == 1 and conns[0]["group"] == "G1",
                 f"one connector recorded in G1: {conns}")
+        # A burst of 40 registrations at one relay, past its enrollment rate (20/s): the
+        # listener answers "busy" to some, and `apprelay-connector register` tries again.
+        tokens = [a.ctl("tokens", "create")[1].strip() for _ in range(40)]
+        a.use()
+        busy0 = a.log_text().count("busy")
+
+        def register(i):
+            return subprocess.run([h.CONNECTOR_BIN, "register", "--relay",
+                                   f"127.0.0.1:{a.info['enroll_port']}", "--token", tokens[i],
+                                   "--state-dir", os.path.join(env.dir, f"burst-{i}"),
+                                   "--name", f"burst-{i}"],
+                                  capture_output=True, text=True, timeout=60)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+            runs = list(pool.map(register, range(40)))
+        bad = [r.stderr.strip() for r in runs if r.returncode != 0]
+        h.check(not bad, f"all 40 registrations of the burst succeed: {bad[:3]}")
+        busy = a.log_text().count("busy") - busy0
+        h.log(f"burst: 40 registered; {busy} busy refusals on the way were retried")
 
 
 def timed_ctl(relay, *args, expect_rc=None):
