@@ -249,6 +249,13 @@ class RequestLog:
     def failures(self):
         return [o for o in self.outcomes if not o[2]]
 
+    def finish(self, what, at_least):
+        """Stops the load and checks it: at least `at_least` requests, none failed."""
+        self.stop()
+        h.log(f"{what}: {self.summary()}")
+        h.check(len(self.outcomes) >= at_least, f"the load ran ({len(self.outcomes)} requests)")
+        h.check(not self.failures(), f"zero failed requests {what}: {self.summary()}")
+
     def summary(self):
         f = self.failures()
         return f"{len(self.outcomes)} requests, {len(f)} failed" + (
