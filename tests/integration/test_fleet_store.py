@@ -83,7 +83,8 @@ def test_shared(env):
         rev0 = etcd.revision()
         time.sleep(3)
         moved = etcd.revision() - rev0
-        h.check(moved <= 2, f"etcd revision moved by {moved} in 3 s of idle tunnels")
+        # 2 tunnels PING every second: per-PING writes would move it by 6 or more.
+        h.check(moved <= 4, f"etcd revision moved by {moved} in 3 s of idle tunnels")
         b.stop()
         h.wait_until(lambda: statuses(a).get("c2") == "inactive", 3,
                      "c2 inactive on relay-a once relay-b left")
