@@ -81,8 +81,6 @@ std::string metrics_for(const std::vector<uint64_t>& values, uint64_t config_ver
     return out;
 }
 
-namespace {
-
 void write_file_atomically(const std::string& path, const std::string& s) {
     std::string tmp = path + ".tmp";
     {
@@ -91,7 +89,6 @@ void write_file_atomically(const std::string& path, const std::string& s) {
     }
     std::rename(tmp.c_str(), path.c_str());
 }
-} // namespace
 
 class agent;
 class tunnel_link;

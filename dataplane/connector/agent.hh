@@ -66,5 +66,7 @@ int run_agent(const agent_options& opts, const std::atomic<bool>& stop);
 // adds the loop count of a multi-loop connector.
 std::string metrics_for(const std::vector<uint64_t>& values, uint64_t config_version,
                         std::size_t loops);
+// Writes `s` to `path` through a temporary file and a rename (readers never see half a file).
+void write_file_atomically(const std::string& path, const std::string& s);
 
 } // namespace apprelay::connector

@@ -67,15 +67,6 @@ bool read_json(const std::string& path, nlohmann::json* out) {
     return true;
 }
 
-void write_atomically(const std::string& path, const std::string& text) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream f(tmp, std::ios::trunc);
-        f << text;
-    }
-    (void)std::rename(tmp.c_str(), path.c_str());
-}
-
 class manager {
 public:
     manager(const agent_options& o, const std::atomic<bool>& stop)
@@ -379,7 +370,7 @@ private:
         out["relays"] = relays;
         out["relay"] = _attached.empty() ? "" : _attached.front()->address;
         if (!_o.stats_file.empty()) {
-            write_atomically(_o.stats_file, out.dump());
+            write_file_atomically(_o.stats_file, out.dump());
         }
         if (_http) {
             std::vector<uint64_t> values(std::size_t(connector_counter::count_), 0);
