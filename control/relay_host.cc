@@ -523,6 +523,34 @@ enroll::enroll_reply enroll_one(store& st, const enroll::enroll_request& req,
     return reply;
 }
 
+// This relay's client context towards its fleet peers: a certificate "apprelay-peer <node>"
+// (client and server use) from the relay CA, the chain the peer presents pinned to that CA.
+result<std::shared_ptr<tls::client_context>> make_peer_tls(const relay_identity& id,
+                                                          const relay_settings& settings,
+                                                          const std::string& pem_dir,
+                                                          std::string* why) {
+    tls::leaf_options lo;
+    lo.common_name = "apprelay-peer " + settings.fleet.node;
+    lo.dns_names = {"apprelay-peer"};
+    lo.server = true;
+    lo.client = true;
+    lo.days = 825;
+    auto leaf = tls::issue_leaf({id.ca_cert_pem, id.ca_key_pem}, lo, why);
+    if (!leaf) {
+        return leaf.err();
+    }
+    auto chain = pem_file(pem_dir, leaf->cert_pem + id.ca_cert_pem, false, why);
+    auto key = pem_file(pem_dir, leaf->key_pem, true, why);
+    if (!chain || !key) {
+        return error(errc::io_error, "cannot write the peer certificate");
+    }
+    tls::client_options co;
+    co.pinned_ca_fingerprint = id.ca_fingerprint;
+    co.client_cert = {*chain, *key};
+    co.policy = settings.tunnel_tls;
+    return tls::client_context::create(co, why);
+}
+
 } // namespace
 
 int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
@@ -567,6 +595,7 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
         // The control thread's store follows the fleet's prefix and holds presence; the
         // enrollment thread's reads and writes etcd directly.
         auto eo = etcd_options_of(settings);
+        settings.fleet.node = eo.fleet.node; // the snapshot leaves itself out of its peers
         auto st = etcd::etcd_store::open(eo, settings.server_name);
         if (!st) {
             log::error("store_failed", {{"store", store_name}, {"reason", st.err().message}});
@@ -614,12 +643,23 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     for (const auto& w : view->warnings) {
         log::warn("store_entry_skipped", {{"reason", w}});
     }
+    const relay_identity identity = view->relay;
+    if (settings.store.kind == "etcd") {
+        // The forwarding hop: a certificate of its own from the fleet's relay CA (client and
+        // server use), and the peers' chains pinned to that CA (they present their server
+        // certificate, whatever its name). Re-issued at every start.
+        auto ctx = make_peer_tls(identity, settings, (state / "pem").string(), &why);
+        if (!ctx) {
+            log::error("tls_invalid", {{"reason", "peer certificate: " + why}});
+            return 2;
+        }
+        settings.peer_client_tls = *ctx;
+    }
     auto first = build_relay_config(view.value(), settings, (state / "pem").string(), &why);
     if (!first) {
         log::error("tls_invalid", {{"reason", why}});
         return 2;
     }
-    const relay_identity identity = view->relay;
 
     std::vector<int> user_fds, tunnel_fds;
     uint16_t user_port = 0, tunnel_port = 0, enroll_port = 0;

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace apprelay::control {
@@ -88,8 +89,15 @@ struct relay_settings {
     // Created by load_settings when user_session_tickets is on; every snapshot's user context
     // shares it, so tickets outlive configuration changes.
     std::shared_ptr<tls::ticket_keys> user_ticket_keys;
+    // Fleet (etcd store): this relay's client context towards its peers (forwarding hop), made
+    // by the relay at start from the relay CA; null: no forwarding.
+    std::shared_ptr<tls::client_context> peer_client_tls;
 };
 
 bool load_settings(const std::string& path, relay_settings* out, std::string* why);
+// The same from TOML text already in memory: `path` only names the file in messages and is the
+// base of relative paths (state_dir, admin.socket, store.*_file); nothing is read or written.
+bool parse_settings(std::string_view text, const std::string& path, relay_settings* out,
+                    std::string* why);
 
 } // namespace apprelay::control

@@ -5,7 +5,10 @@
 #include "tls/ca.hh"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <map>
+#include <netdb.h>
 #include <fmt/format.h>
 #include <unordered_map>
 
@@ -20,6 +23,29 @@ std::string hex(std::string_view raw) {
         out += k_digits[c & 15];
     }
     return out;
+}
+
+// A peer's HOST:PORT (numeric, or a name resolved here on the control thread).
+bool peer_address(const std::string& hp, relay::peer_relay* out) {
+    auto c = hp.rfind(':');
+    if (c == std::string::npos || c == 0) {
+        return false;
+    }
+    std::string host = hp.substr(0, c);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+    }
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(host.c_str(), hp.substr(c + 1).c_str(), &hints, &res) != 0 || res == nullptr) {
+        return false;
+    }
+    std::memcpy(&out->addr, res->ai_addr, res->ai_addrlen);
+    out->addr_len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return true;
 }
 
 } // namespace
@@ -72,7 +98,7 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
             continue; // the view is read in one transaction: cannot happen, skip defensively
         }
         group_index.emplace(g.tenant + "/" + g.name, uint32_t(snap->groups.size()));
-        snap->groups.push_back({ti->second, g.name, uint64_t(g.id), g.region});
+        snap->groups.push_back({ti->second, g.name, uint64_t(g.id), g.region, {}});
     }
     for (const auto& c : view.connectors) {
         auto gi = group_index.find(c.tenant + "/" + c.group);
@@ -86,6 +112,35 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
         e.fingerprint = c.fingerprint;
         e.name = c.name;
         snap->connectors.push_back(std::move(e));
+    }
+    if (settings.peer_client_tls != nullptr) {
+        // Forwarding hop: which other relays hold a tunnel of each group (presence), and where
+        // they listen. A draining relay takes no forwarded streams.
+        snap->relay_ca_fingerprint = view.relay.ca_fingerprint;
+        std::map<std::string, uint32_t> peer_index;
+        for (const auto& r : view.relays) {
+            relay::peer_relay p;
+            p.node = r.node;
+            if (r.node == settings.fleet.node || r.draining || !peer_address(r.address, &p)) {
+                continue;
+            }
+            peer_index.emplace(r.node, uint32_t(snap->peers.size()));
+            snap->peers.push_back(std::move(p));
+        }
+        for (const auto& c : view.connectors) {
+            auto gi = group_index.find(c.tenant + "/" + c.group);
+            if (gi == group_index.end()) {
+                continue;
+            }
+            auto& peers = snap->groups[gi->second].peers;
+            for (const auto& node : c.relays) {
+                auto pi = peer_index.find(node);
+                if (pi != peer_index.end() &&
+                    std::find(peers.begin(), peers.end(), pi->second) == peers.end()) {
+                    peers.push_back(pi->second);
+                }
+            }
+        }
     }
 
     // Relay identity: the server certificate chain (leaf + relay CA) for both listeners.
@@ -155,6 +210,14 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
     to.default_cert = {*chain, *key};
     to.client_ca_pem_paths = tenant_ca_paths;
     to.policy = settings.tunnel_tls;
+    if (settings.peer_client_tls != nullptr) {
+        // Peer relays of the fleet present certificates from the relay CA (forwarding hop).
+        auto ca = pem_file(pem_dir, view.relay.ca_cert_pem, false, why);
+        if (!ca) {
+            return ca.err();
+        }
+        to.client_ca_pem_paths.push_back(*ca);
+    }
     if (to.client_ca_pem_paths.empty()) {
         // No tenant yet: no connector can be verified; the relay's own CA stands in so the
         // listener still runs (and refuses every connector).
@@ -173,6 +236,7 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
     cfg->snap = std::move(snap);
     cfg->user_tls = *user_tls;
     cfg->tunnel_tls = *tunnel_tls;
+    cfg->peer_tls = settings.peer_client_tls;
     return cfg;
 }
 

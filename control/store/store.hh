@@ -217,8 +217,9 @@ public:
                                                                            int64_t now) = 0;
 
     virtual store_health health() { return {}; }
-    // Changes whenever the fleet's relays (address, region, draining) change, which is not a
-    // configuration change (no config_version bump) but is news for connectors (CONFIG).
+    // Changes whenever the fleet's relays (address, region, draining) or the relays holding each
+    // connector's tunnels change: not a configuration change (no config_version bump), but news
+    // for connectors (CONFIG) and for the forwarding hop.
     virtual uint64_t fleet_epoch() { return 0; }
 
     // The fleet (etcd store). A lone relay (SQLite) refuses with kind::refused.

@@ -29,6 +29,9 @@ public:
     }
     tls_transport(const tls_transport&) = delete;
     tls_transport& operator=(const tls_transport&) = delete;
+    // A new owner on the same loop takes the connection over (set_owner), with its session and
+    // any send in flight (its bytes stay in the session's chunks, which do not move).
+    tls_transport(tls_transport&&) noexcept = default;
 
     tls::session& tls() noexcept { return *_tls; }
     const tls::session& tls() const noexcept { return *_tls; }

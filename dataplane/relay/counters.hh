@@ -17,6 +17,12 @@ namespace apprelay::relay {
     X(user_handshake_timeouts, "user connections closed: TLS handshake not done in time")          \
     X(streams_opened, "streams opened towards a connector")                                        \
     X(streams_failed_no_connector, "user sessions refused: the app's group has no live tunnel")    \
+    X(streams_forwarded, "user streams carried to a peer relay (this relay held no tunnel)")      \
+    X(streams_forwarded_in, "streams a peer relay forwarded here (opened on this relay's tunnels)") \
+    X(streams_failed_no_peer,                                                                      \
+      "forwarded streams refused: no peer relay reachable or willing (clear refusal to the user)") \
+    X(peer_link_failures, "peer relay connections that failed (connect, TLS, refusal, timeout)")  \
+    X(peer_in_refused, "forwarded streams this relay refused (unknown app, no tunnel, bad header)") \
     X(streams_failed_limit, "user sessions refused: tunnel stream limit")                          \
     X(streams_failed_backend, "streams refused by the connector (OPEN_FAIL)")                      \
     X(streams_failed_not_allowed,                                                                  \

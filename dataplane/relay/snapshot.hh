@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <sys/socket.h>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -25,6 +26,16 @@ struct group_entry {
     std::string name;
     uint64_t id = 0; // the store's id: stable across renames, so a rename never drains
     std::string region;
+    // Fleet: the other relays (indices into snapshot::peers) holding a tunnel of this group's
+    // connectors, where a user of this relay is forwarded when this relay holds none.
+    std::vector<uint32_t> peers;
+};
+
+// Another relay of the fleet, reached over mutual TLS on its tunnel listener (forwarding hop).
+struct peer_relay {
+    std::string node;
+    sockaddr_storage addr{};
+    socklen_t addr_len = 0;
 };
 
 struct connector_entry {
@@ -98,6 +109,11 @@ struct snapshot {
     relay_limits limits;
     // The fleet's relays (etcd store), told to connectors in CONFIG; empty for a lone relay.
     std::vector<tunnel::fleet_relay_info> fleet;
+    // Forwarding hop (etcd fleet): the peers groups point at, and the relay CA their
+    // certificates chain to. A tunnel-listener client whose certificate verifies against this CA
+    // is a peer relay forwarding a user stream, not a connector. Empty: no forwarding.
+    std::vector<peer_relay> peers;
+    std::string relay_ca_fingerprint;
     std::string latest_connector_version = "0.1.0";
     std::string min_connector_version = "0.1.0";
 };

@@ -34,6 +34,28 @@ constexpr uint64_t k_max_wait_ns = 50'000'000;
 constexpr std::size_t k_early_max = 64 * 1024;
 // Timer resolution: liveness and handshake deadlines are seconds; 10 ms ticks are plenty.
 constexpr uint64_t k_timer_tick_ns = 10'000'000;
+// Forwarding hop between relays (a user on a relay that holds no tunnel for the app's group):
+// the user's relay sends one header line, the peer answers one line, then bytes flow both ways.
+//   -> "APPRELAY-FWD/1 <app hostname> <user CN or ->\n"
+//   <- "OK\n" (a stream is open on one of its tunnels) | "ERR <reason>\n" (then close)
+// A forwarded stream is never forwarded again. Lines longer than this are refused.
+constexpr std::size_t k_max_forward_line = 512;
+constexpr std::string_view k_forward_magic = "APPRELAY-FWD/1";
+// Peers tried for one user stream before the user is refused (each failed before any byte moved).
+constexpr uint8_t k_max_peer_attempts = 2;
+// Bytes queued towards one side of a forwarded stream before the other side stops being read.
+constexpr std::size_t k_forward_high = 256 * 1024;
+// The relay CA issues peers' certificates with this common-name prefix (control/relay_host.cc).
+constexpr std::string_view k_peer_cn_prefix = "apprelay-peer ";
+
+// A user name for the forward header and logs: printable, no spaces, bounded.
+std::string header_token(std::string_view s) {
+    std::string out;
+    for (char c : s.substr(0, 128)) {
+        out += (c > 0x20 && c < 0x7f) ? c : '_';
+    }
+    return out.empty() ? std::string("-") : out;
+}
 } // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -47,6 +69,14 @@ public:
         // Slowloris bound: the TLS handshake must finish in time.
         _w->_wheel->schedule(_timer, _w->ms_from_now(_w->snap().limits.handshake_timeout_ms));
     }
+    // A peer relay forwarding a user's stream: TLS is done (by the tunnel listener); the header
+    // line must come within the handshake timeout.
+    user_conn(worker* w, io::tls_transport&& tx)
+        : _w(w), _tx(std::move(tx)), _src{}, _state(state::header), _peer_in(true) {
+        _w->_wheel->schedule(_timer, _w->ms_from_now(_w->snap().limits.handshake_timeout_ms));
+    }
+    // Peer-in: bytes that came with the handshake may already hold the header.
+    void read_header();
 
     void on_recv(io::conn_id, std::span<const std::byte> data) override;
     void on_recv_end(io::conn_id, int res) override;
@@ -70,19 +100,37 @@ public:
     void user_gone();
     std::size_t pull(std::span<std::byte> dst);
 
-    bool handshaking() const { return _state == state::handshaking; }
+    // Forwarded to a peer relay (peer_link): the link's events.
+    void peer_failed(std::string_view node, std::string_view why); // before any byte moved
+    void peer_data(std::span<const std::byte> bytes);    // from the peer to the user
+    void peer_fin();                                     // the peer's close_notify
+    void peer_done();                                    // both directions finished
+    void peer_cut(std::string_view why);                 // the peer broke mid-stream
+    // Plaintext from the user for the peer: bytes, 0 = nothing now, closed = the user finished.
+    result<std::size_t> read_user(std::span<std::byte> dst);
+    std::size_t user_queued() const { return _tx.queued(); }
+
+    bool handshaking() const { return _state == state::handshaking || _state == state::header; }
     std::size_t pos = 0; // index in worker::_users
 
 private:
-    enum class state : uint8_t { handshaking, streaming, closing, dead };
+    enum class state : uint8_t { handshaking, header, streaming, closing, dead };
     void handshake();
     void start_stream();
+    // No tunnel here for the app's group: carry the stream to a peer relay that holds one (never
+    // for a stream that was itself forwarded). False = no peer left to try.
+    bool forward();
+    // Peer-in: the answer line to the forwarding relay; ERR ends the connection cleanly.
+    void refuse_peer(std::string_view why);
     void maybe_return_credit();
     void maybe_finish_close();
     void queue_fin();
     void close_now(bool abort);
     // This user aborted (reset mid-exchange, failed or abandoned handshake): its source pays.
     void charge_abort() {
+        if (_peer_in) {
+            return; // a peer relay is not a user source: its users were charged there
+        }
         _w->_counters.add(relay_counter::user_aborts_charged);
         _w->_sources.charge_abort(_src, _w->_now);
     }
@@ -92,6 +140,11 @@ private:
         if (u->_state == state::handshaking) {
             u->charge_abort();
             u->abort(relay_counter::user_handshake_timeouts);
+        } else if (u->_state == state::header) {
+            u->_w->_counters.add(relay_counter::peer_in_refused);
+            log::info("peer_in_refused",
+                      {{"worker", u->_w->_index}, {"reason", "no forward header in time"}});
+            u->close_now(true);
         }
     }
 
@@ -113,6 +166,70 @@ private:
     std::size_t _replay = 0;         // bytes of _early already given to the current stream
     bool _fin_from_tunnel = false;
     bool _stream_done = false;
+    bool _recv_paused = false;
+    // Forwarding hop. On the user's relay: the link to the peer carrying this stream, and the
+    // peers already tried. On the peer: _peer_in (never forward again) and its header line.
+    bool _peer_in = false;
+    peer_link* _p = nullptr;
+    uint8_t _peer_attempts = 0;
+    std::vector<uint32_t> _peers_tried;
+    std::string _header;
+    std::string _forward_user; // peer-in: the user named by the forwarding relay (logs)
+};
+
+// ---------------------------------------------------------------------------------------------
+// peer_link: the user's relay's connection to a peer relay carrying one forwarded user stream
+// (mutual TLS, certificates from the relay CA). States: connecting -> handshaking -> awaiting_ok
+// (header sent) -> streaming -> done; any failure before OK lets the user try another peer.
+class peer_link final : public io::sink {
+public:
+    peer_link(worker* w, user_conn* u, std::string node, std::string header)
+        : _w(w), _u(u), _node(std::move(node)), _header(std::move(header)) {}
+
+    bool start(const peer_relay& peer, std::string* why);
+    void on_connect(io::conn_id, int res) override;
+    void on_recv(io::conn_id, std::span<const std::byte> data) override;
+    void on_recv_end(io::conn_id, int res) override;
+    void on_sent(io::conn_id, int res) override;
+
+    // User side: bytes or EOF to carry up; room to carry more down; the user is gone.
+    void pump_up();
+    void pump_down();
+    void user_eof_clean(); // the user finished after the response: close_notify, not a reset
+    void drop(bool abort); // the user's side ends the link (no more calls to the user)
+    bool streaming() const { return _state == state::streaming; }
+    const std::string& node() const { return _node; }
+    std::size_t pos = 0; // index in worker::_links
+
+private:
+    enum class state : uint8_t { connecting, handshaking, awaiting_ok, streaming, dead };
+    static void on_timer(core::timer*, void* ctx) {
+        auto* p = static_cast<peer_link*>(ctx);
+        if (p->_state == state::streaming && p->_u == nullptr) {
+            p->_state = state::dead; // lingering after the user left: done waiting
+            p->close_link(true);
+        } else if (p->_state != state::streaming && p->_state != state::dead) {
+            p->fail("peer did not answer in time");
+        }
+    }
+    void read_reply();
+    void fail(std::string_view why); // before OK: the user may try another peer
+    void cut(std::string_view why);  // after OK: the stream is cut (RST to the user)
+    void maybe_finish();
+    void close_link(bool abort);
+
+    worker* _w;
+    user_conn* _u;
+    std::string _node;
+    std::string _header;
+    std::string _reply;
+    io::conn_id _id{};
+    std::unique_ptr<io::tls_transport> _tx;
+    core::timer _timer{&peer_link::on_timer, this};
+    state _state = state::connecting;
+    bool _up_done = false;   // close_notify sent to the peer
+    bool _down_done = false; // the peer's close_notify received
+    bool _peer_eof = false;  // the peer's TCP end came (records may still be buffered)
     bool _recv_paused = false;
 };
 
@@ -300,9 +417,19 @@ void user_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
         handshake();
         return;
     }
+    if (_state == state::header) {
+        read_header();
+        return;
+    }
     if (_t != nullptr) {
         _t->mux().mark_readable(_sid);
         _w->mark_dirty(_t);
+    }
+    if (_p != nullptr && _p->streaming()) {
+        _p->pump_up();
+        if (_state == state::dead) {
+            return;
+        }
     }
     if (!_recv_paused && _tx.tls().buffered_input() > k_user_in_high) {
         _recv_paused = true;
@@ -337,13 +464,75 @@ void user_conn::handshake() {
     start_stream();
 }
 
+void user_conn::read_header() {
+    // One byte per read: the header is short, and whatever follows it stays in the session for
+    // the stream (OpenSSL decrypts each record once and serves the rest from its buffer).
+    for (;;) {
+        std::byte b;
+        auto r = _tx.tls().read(std::span<std::byte>(&b, 1));
+        if (!r) {
+            if (r.code() == errc::again) {
+                return;
+            }
+            _w->_counters.add(relay_counter::peer_in_refused);
+            log::info("peer_in_refused",
+                      {{"worker", _w->_index}, {"reason", "peer closed before its header"}});
+            close_now(true);
+            return;
+        }
+        if (char(b) == '\n') {
+            break;
+        }
+        if (_header.size() >= k_max_forward_line) {
+            refuse_peer("header line too long");
+            return;
+        }
+        _header += char(b);
+    }
+    // "APPRELAY-FWD/1 <hostname> <user>"
+    std::string_view h = _header;
+    auto sp1 = h.find(' ');
+    auto sp2 = sp1 == std::string_view::npos ? sp1 : h.find(' ', sp1 + 1);
+    if (sp1 == std::string_view::npos || sp2 == std::string_view::npos ||
+        h.substr(0, sp1) != k_forward_magic || sp2 == sp1 + 1 ||
+        h.find(' ', sp2 + 1) != std::string_view::npos || sp2 + 1 == h.size()) {
+        refuse_peer("malformed header");
+        return;
+    }
+    _forward_user = std::string(h.substr(sp2 + 1));
+    _header.resize(sp2);
+    _header.erase(0, sp1 + 1); // the hostname
+    _state = state::streaming;
+    start_stream();
+}
+
+void user_conn::refuse_peer(std::string_view why) {
+    _w->_wheel->cancel(_timer);
+    _w->_counters.add(relay_counter::peer_in_refused);
+    log::info("peer_in_refused", {{"worker", _w->_index},
+                                  {"app", header_token(std::string_view(_header).substr(0, 64))},
+                                  {"reason", why}});
+    std::string line = "ERR " + std::string(why) + "\n";
+    (void)_tx.tls().write(std::as_bytes(std::span(line.data(), line.size())));
+    _tx.tls().shutdown();
+    _tx.flush();
+    _state = state::closing;
+    maybe_finish_close();
+}
+
 void user_conn::start_stream() {
     _w->_wheel->cancel(_timer);
     const auto& snap = _w->snap();
     // By name in the current snapshot, not by the index the TLS context was built with: the
-    // configuration may have changed during the handshake (the app deleted or moved).
-    const app_route* found = find_app(snap, _tx.tls().sni());
+    // configuration may have changed during the handshake (the app deleted or moved). A peer
+    // relay names the app in its header.
+    const std::string_view name = _peer_in ? std::string_view(_header) : _tx.tls().sni();
+    const app_route* found = find_app(snap, name);
     if (found == nullptr) {
+        if (_peer_in) {
+            refuse_peer("unknown application");
+            return;
+        }
         _w->_counters.add(relay_counter::user_unknown_sni);
         log::info(
             "user_refused",
@@ -353,7 +542,8 @@ void user_conn::start_stream() {
     }
     const app_entry& app = snap.apps[found->second];
     _app_host = found->first;
-    if (app.user_cert_required && !user_allowed(app)) {
+    // Authorization stays on the user's relay: a forwarded stream was allowed there.
+    if (!_peer_in && app.user_cert_required && !user_allowed(app)) {
         _w->_counters.add(relay_counter::streams_failed_not_allowed);
         log::info("user_refused", {{"worker", _w->_index},
                                    {"app", app.name},
@@ -376,6 +566,18 @@ void user_conn::start_stream() {
         sid = t->open_stream(this, app);
     }
     if (t == nullptr) {
+        if (_peer_in) {
+            _w->_counters.add(relay_counter::streams_failed_no_connector);
+            refuse_peer("no connector available");
+            return;
+        }
+        _state = state::streaming;
+        if (_w->_cfg->peer_tls != nullptr && !snap.groups[app.group].peers.empty()) {
+            if (!forward()) {
+                // forward() refused the user (no peer could be reached).
+            }
+            return;
+        }
         _w->_counters.add(relay_counter::streams_failed_no_connector);
         log::info("stream_refused", {{"worker", _w->_index},
                                      {"app", app.name},
@@ -386,6 +588,10 @@ void user_conn::start_stream() {
     }
     if (!sid) {
         _w->_counters.add(relay_counter::streams_failed_limit);
+        if (_peer_in) {
+            refuse_peer(to_string(sid.code()));
+            return;
+        }
         log::info("stream_refused",
                   {{"worker", _w->_index}, {"app", app.name}, {"reason", to_string(sid.code())}});
         close_now(true);
@@ -395,6 +601,16 @@ void user_conn::start_stream() {
     _sid = *sid;
     _state = state::streaming;
     _w->_counters.add(relay_counter::streams_opened);
+    if (_peer_in) {
+        // The forwarding relay starts carrying the user's bytes once it reads this line; the
+        // backend's bytes follow it in the same TLS stream.
+        _w->_counters.add(relay_counter::streams_forwarded_in);
+        static constexpr std::string_view ok = "OK\n";
+        (void)_tx.tls().write(std::as_bytes(std::span(ok.data(), ok.size())));
+        _tx.flush();
+        log::debug("stream_forwarded_in",
+                   {{"worker", _w->_index}, {"app", app.name}, {"user", _forward_user}});
+    }
     // Bytes may have arrived with the handshake (pipelined first request).
     t->mux().mark_readable(_sid);
     _w->mark_dirty(t);
@@ -469,6 +685,11 @@ void user_conn::on_recv_end(io::conn_id, int res) {
         close_now(true);
         return;
     }
+    if (_state == state::header) {
+        _w->_counters.add(relay_counter::peer_in_refused);
+        close_now(true);
+        return;
+    }
     if (res == 0 && _state == state::streaming) {
         // TCP FIN from the user: half-close. Whatever is still buffered is pulled first, then
         // FIN goes to the tunnel.
@@ -477,6 +698,9 @@ void user_conn::on_recv_end(io::conn_id, int res) {
             _t->mux().mark_readable(_sid);
         }
         queue_fin();
+        if (_p != nullptr && _p->streaming()) {
+            _p->pump_up(); // the rest, then close_notify to the peer
+        }
         return;
     }
     user_gone();
@@ -526,6 +750,18 @@ void user_conn::stream_closed() {
 }
 
 void user_conn::user_gone() {
+    if (_p != nullptr) {
+        peer_link* p = _p;
+        _p = nullptr;
+        if (_fin_from_tunnel) {
+            _w->_counters.add(relay_counter::streams_user_closed_after_response);
+            p->user_eof_clean();
+        } else {
+            _w->_counters.add(relay_counter::streams_user_aborted);
+            p->drop(true);
+            charge_abort();
+        }
+    }
     if (_t != nullptr) {
         if (_fin_from_tunnel) {
             _w->_counters.add(relay_counter::streams_user_closed_after_response);
@@ -556,6 +792,12 @@ void user_conn::on_sent(io::conn_id, int res) {
         return;
     }
     maybe_return_credit();
+    if (_p != nullptr && _p->streaming()) {
+        _p->pump_down();
+        if (_state == state::dead) {
+            return;
+        }
+    }
     maybe_finish_close();
 }
 
@@ -570,7 +812,416 @@ void user_conn::close_now(bool abort) {
         return;
     }
     _state = state::dead;
+    _w->_wheel->cancel(_timer);
+    if (_p != nullptr) {
+        peer_link* p = _p;
+        _p = nullptr;
+        p->drop(true);
+    }
     _w->_loop->close(_tx.id(), abort);
+    _w->bury(this);
+}
+
+
+// ------------------------------------------------------------------ forwarding hop, user side
+
+bool user_conn::forward() {
+    const auto& snap = _w->snap();
+    auto found = snap.app_by_hostname.find(_app_host);
+    while (found != snap.app_by_hostname.end() && _peer_attempts < k_max_peer_attempts) {
+        const app_entry& app = snap.apps[found->second];
+        std::vector<uint32_t> left;
+        for (uint32_t i : snap.groups[app.group].peers) {
+            if (std::find(_peers_tried.begin(), _peers_tried.end(), i) == _peers_tried.end()) {
+                left.push_back(i);
+            }
+        }
+        if (left.empty()) {
+            break;
+        }
+        const uint32_t pick = left[next_random(_w->_rng) % left.size()];
+        _peers_tried.push_back(pick);
+        ++_peer_attempts;
+        const peer_relay& peer = snap.peers[pick];
+        std::string header = std::string(k_forward_magic) + " " + _app_host + " " +
+                             header_token(_tx.tls().peer_common_name()) + "\n";
+        auto* link = new peer_link(_w, this, peer.node, std::move(header));
+        link->pos = _w->_links.size();
+        _w->_links.push_back(link);
+        std::string why;
+        if (link->start(peer, &why)) {
+            _p = link;
+            return true;
+        }
+        _w->_counters.add(relay_counter::peer_link_failures);
+        log::info("peer_link_failed", {{"worker", _w->_index}, {"peer", peer.node}, {"reason", why}});
+        _w->bury(link);
+    }
+    _w->_counters.add(relay_counter::streams_failed_no_peer);
+    log::info("stream_refused", {{"worker", _w->_index},
+                                 {"app", _app_host},
+                                 {"reason", "no connector on this relay and no peer relay "
+                                            "reachable"},
+                                 {"peers_tried", _peer_attempts}});
+    close_now(true);
+    return false;
+}
+
+void user_conn::peer_failed(std::string_view, std::string_view) {
+    _p = nullptr;
+    if (_state == state::streaming) {
+        (void)forward(); // another peer, or the refusal
+    }
+}
+
+result<std::size_t> user_conn::read_user(std::span<std::byte> dst) {
+    auto r = _tx.tls().read(dst);
+    if (r) {
+        _w->_counters.add(relay_counter::bytes_user_to_backend, *r);
+        if (_recv_paused && _tx.tls().buffered_input() < k_user_in_low) {
+            _recv_paused = false;
+            _w->_loop->start_recv(_tx.id());
+        }
+        return *r;
+    }
+    if (r.code() == errc::again) {
+        if (_eof_from_user) {
+            return error(errc::closed, "user finished");
+        }
+        if (_recv_paused) {
+            _recv_paused = false;
+            _w->_loop->start_recv(_tx.id());
+        }
+        return std::size_t(0);
+    }
+    if (r.code() == errc::closed) {
+        _eof_from_user = true;
+        return error(errc::closed, "user finished");
+    }
+    log::info("user_tls_failed", {{"worker", _w->_index}, {"reason", _tx.tls().last_error()}});
+    _w->_counters.add(relay_counter::user_tls_failed);
+    close_now(true); // drops the link: the peer sees a reset
+    return error(errc::tls_error, "user TLS failed");
+}
+
+void user_conn::peer_data(std::span<const std::byte> bytes) {
+    if (_state != state::streaming) {
+        return;
+    }
+    if (!_tx.tls().write(bytes)) {
+        close_now(true);
+        return;
+    }
+    _w->_counters.add(relay_counter::bytes_backend_to_user, bytes.size());
+    _tx.flush();
+}
+
+void user_conn::peer_fin() {
+    _fin_from_tunnel = true;
+    _tx.tls().shutdown();
+    _tx.flush();
+}
+
+void user_conn::peer_done() {
+    _p = nullptr;
+    _w->_counters.add(relay_counter::streams_closed);
+    _state = state::closing;
+    maybe_finish_close();
+}
+
+void user_conn::peer_cut(std::string_view) {
+    _p = nullptr;
+    abort(relay_counter::streams_reset);
+}
+
+// ---------------------------------------------------------------------------- peer_link impl
+
+bool peer_link::start(const peer_relay& peer, std::string* why) {
+    auto id = _w->_loop->connect(reinterpret_cast<const sockaddr*>(&peer.addr), peer.addr_len,
+                                 this);
+    if (!id) {
+        *why = "connect: " + std::string(id.err().detail);
+        return false;
+    }
+    _id = *id;
+    _tx = std::make_unique<io::tls_transport>(_w->_loop.get(), _id,
+                                              _w->_cfg->peer_tls->new_session(), &_w->_pool);
+    _w->_wheel->schedule(_timer, _w->ms_from_now(_w->snap().limits.handshake_timeout_ms));
+    return true;
+}
+
+void peer_link::on_connect(io::conn_id, int res) {
+    if (_state != state::connecting) {
+        return;
+    }
+    if (res < 0) {
+        fail("connect: " + std::string(std::strerror(-res)));
+        return;
+    }
+    _state = state::handshaking;
+    _w->_loop->start_recv(_id);
+    (void)_tx->tls().handshake(); // the ClientHello
+    _tx->flush();
+}
+
+void peer_link::on_recv(io::conn_id, std::span<const std::byte> data) {
+    if (_state == state::dead || _state == state::connecting) {
+        return;
+    }
+    _tx->tls().feed(data);
+    if (_state == state::handshaking) {
+        auto r = _tx->tls().handshake();
+        _tx->flush();
+        if (r.code() == errc::again) {
+            return;
+        }
+        if (!r) {
+            fail("TLS: " + _tx->tls().last_error());
+            return;
+        }
+        if (!_tx->tls().write(std::as_bytes(std::span(_header.data(), _header.size())))) {
+            fail("TLS write failed");
+            return;
+        }
+        _tx->flush();
+        _state = state::awaiting_ok;
+    }
+    if (_state == state::awaiting_ok) {
+        read_reply();
+    }
+    if (_state == state::streaming) {
+        pump_down();
+        if (_state == state::streaming && !_recv_paused &&
+            _tx->tls().buffered_input() > k_user_in_high) {
+            _recv_paused = true;
+            _w->_loop->pause_recv(_id);
+        }
+    }
+}
+
+void peer_link::read_reply() {
+    for (;;) {
+        std::byte b;
+        auto r = _tx->tls().read(std::span<std::byte>(&b, 1));
+        if (!r) {
+            if (r.code() == errc::again) {
+                return;
+            }
+            fail(r.code() == errc::closed ? "peer closed before answering"
+                                          : "TLS: " + _tx->tls().last_error());
+            return;
+        }
+        if (char(b) == '\n') {
+            break;
+        }
+        if (_reply.size() >= k_max_forward_line) {
+            fail("answer line too long");
+            return;
+        }
+        _reply += char(b);
+    }
+    if (_reply != "OK") {
+        fail(_reply.rfind("ERR ", 0) == 0 ? "peer refused: " + _reply.substr(4)
+                                          : "bad answer from peer");
+        return;
+    }
+    _w->_wheel->cancel(_timer);
+    _state = state::streaming;
+    _w->_counters.add(relay_counter::streams_forwarded);
+    log::debug("stream_forwarded", {{"worker", _w->_index}, {"peer", _node}});
+    pump_up();
+}
+
+void peer_link::pump_up() {
+    if (_state != state::streaming || _u == nullptr || _up_done) {
+        return;
+    }
+    auto& scratch = _w->_scratch;
+    while (_tx->queued() < k_forward_high) {
+        auto r = _u->read_user(std::span<std::byte>(scratch.data(), scratch.size()));
+        if (!r) {
+            if (r.code() != errc::closed) {
+                return; // the user's TLS failed: it closed and dropped this link
+            }
+            _up_done = true; // the user finished: close_notify after every byte
+            _tx->tls().shutdown();
+            break;
+        }
+        if (*r == 0) {
+            break;
+        }
+        if (!_tx->tls().write(std::span<const std::byte>(scratch.data(), *r))) {
+            cut("TLS write to peer failed");
+            return;
+        }
+    }
+    _tx->flush();
+    maybe_finish();
+}
+
+void peer_link::pump_down() {
+    if (_state != state::streaming || _u == nullptr || _down_done) {
+        return;
+    }
+    auto& scratch = _w->_scratch;
+    while (_u->user_queued() < k_forward_high) {
+        auto r = _tx->tls().read(std::span<std::byte>(scratch.data(), scratch.size()));
+        if (!r) {
+            if (r.code() == errc::again) {
+                if (_peer_eof) {
+                    cut("peer closed mid-stream"); // TCP end without close_notify: truncated
+                    return;
+                }
+                if (_recv_paused) {
+                    _recv_paused = false;
+                    _w->_loop->start_recv(_id);
+                }
+                return;
+            }
+            if (r.code() == errc::closed) {
+                _down_done = true;
+                _u->peer_fin();
+                maybe_finish();
+                return;
+            }
+            cut("peer TLS: " + _tx->tls().last_error());
+            return;
+        }
+        _u->peer_data(std::span<const std::byte>(scratch.data(), *r));
+        if (_state != state::streaming || _u == nullptr) {
+            return;
+        }
+    }
+}
+
+void peer_link::maybe_finish() {
+    if (_state != state::streaming || !_up_done || !_down_done) {
+        return;
+    }
+    if (_u != nullptr) {
+        user_conn* u = _u;
+        _u = nullptr;
+        u->peer_done();
+    }
+    if (_tx->idle()) {
+        _state = state::dead;
+        close_link(false);
+    }
+}
+
+void peer_link::user_eof_clean() {
+    _u = nullptr;
+    if (_state != state::streaming) {
+        _state = state::dead;
+        close_link(true);
+        return;
+    }
+    if (!_up_done) {
+        _up_done = true;
+        _tx->tls().shutdown();
+        _tx->flush();
+    }
+    // Lingers until its close_notify is sent and the peer's has come (the timer bounds it).
+    _w->_wheel->schedule(_timer, _w->ms_from_now(_w->snap().limits.handshake_timeout_ms));
+    maybe_finish();
+}
+
+void peer_link::drop(bool) {
+    _u = nullptr;
+    if (_state != state::dead) {
+        _state = state::dead;
+        close_link(true);
+    }
+}
+
+void peer_link::on_recv_end(io::conn_id, int res) {
+    if (_state == state::dead) {
+        return;
+    }
+    if (_state != state::streaming) {
+        fail("peer closed the connection before answering");
+        return;
+    }
+    if (res != 0) {
+        cut("peer reset the connection");
+        return;
+    }
+    _peer_eof = true;
+    if (_u == nullptr) { // lingering after the user left
+        _state = state::dead;
+        close_link(!(_up_done && _down_done));
+        return;
+    }
+    if (_down_done) {
+        if (_up_done) {
+            maybe_finish();
+        } else {
+            cut("peer closed while the user was still sending");
+        }
+        return;
+    }
+    // Records still buffered (the user was slower than the peer) come first: the peer's
+    // close_notify may be among them.
+    pump_down();
+}
+
+void peer_link::on_sent(io::conn_id, int res) {
+    if (_state == state::dead) {
+        return;
+    }
+    if (!_tx->on_sent(res)) {
+        if (_state == state::streaming) {
+            cut("send to peer failed");
+        } else {
+            fail("send to peer failed");
+        }
+        return;
+    }
+    if (_state == state::streaming) {
+        if (_u == nullptr && _up_done && _down_done && _tx->idle()) {
+            _state = state::dead;
+            close_link(false);
+            return;
+        }
+        pump_up();
+    }
+}
+
+void peer_link::fail(std::string_view why) {
+    if (_state == state::dead) {
+        return;
+    }
+    _state = state::dead;
+    _w->_counters.add(relay_counter::peer_link_failures);
+    log::info("peer_link_failed", {{"worker", _w->_index}, {"peer", _node}, {"reason", why}});
+    close_link(true);
+    if (_u != nullptr) {
+        user_conn* u = _u;
+        _u = nullptr;
+        u->peer_failed(_node, why);
+    }
+}
+
+void peer_link::cut(std::string_view why) {
+    if (_state == state::dead) {
+        return;
+    }
+    _state = state::dead;
+    log::info("peer_link_cut", {{"worker", _w->_index}, {"peer", _node}, {"reason", why}});
+    close_link(true);
+    if (_u != nullptr) {
+        user_conn* u = _u;
+        _u = nullptr;
+        u->peer_cut(why);
+    }
+}
+
+void peer_link::close_link(bool abort) {
+    _w->_wheel->cancel(_timer);
+    if (_id.valid()) {
+        _w->_loop->close(_id, abort);
+        _id = {};
+    }
     _w->bury(this);
 }
 
@@ -673,6 +1324,21 @@ void tunnel_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
 
 void tunnel_conn::after_handshake() {
     const auto& snap = _w->snap();
+    if (!snap.relay_ca_fingerprint.empty() &&
+        _tx.tls().peer_root_fingerprint() == snap.relay_ca_fingerprint) {
+        // Not a connector: a peer relay of the fleet forwarding a user stream. Only the relay CA
+        // issues such certificates (client use, common name "apprelay-peer <node>").
+        if (_tx.tls().peer_common_name().rfind(k_peer_cn_prefix, 0) != 0) {
+            fail(relay_counter::tunnel_unknown_connector,
+                 "relay-CA certificate that is not a peer's: " + _tx.tls().peer_common_name());
+            return;
+        }
+        _w->_wheel->cancel(_timer);
+        _state = state::closed;
+        _w->peer_in(std::move(_tx));
+        _w->bury(this);
+        return;
+    }
     std::string fp = _tx.tls().peer_fingerprint();
     auto it = snap.connector_by_fingerprint.find(fp);
     if (it == snap.connector_by_fingerprint.end()) {
@@ -1059,12 +1725,18 @@ worker::~worker() {
     for (auto* u : _users) {
         delete u;
     }
+    for (auto* p : _links) {
+        delete p;
+    }
     reap();
     for (auto* t : _dead_tunnels) {
         delete t;
     }
     for (auto* u : _dead_users) {
         delete u;
+    }
+    for (auto* p : _dead_links) {
+        delete p;
     }
 }
 
@@ -1320,7 +1992,28 @@ void worker::bury(user_conn* u) {
     _dead_users.push_back(u);
 }
 
+void worker::bury(peer_link* p) {
+    _links[p->pos] = _links.back();
+    _links[p->pos]->pos = p->pos;
+    _links.pop_back();
+    _dead_links.push_back(p);
+}
+
+void worker::peer_in(io::tls_transport&& tx) {
+    const io::conn_id id = tx.id();
+    auto* u = new user_conn(this, std::move(tx));
+    u->pos = _users.size();
+    _users.push_back(u);
+    _counters.set(relay_counter::user_conns_open, _users.size());
+    _loop->set_owner(id, u);
+    u->read_header();
+}
+
 void worker::reap() {
+    for (auto* p : _reap_links) {
+        delete p;
+    }
+    _reap_links.clear();
     for (auto* t : _reap_tunnels) {
         delete t;
     }
@@ -1404,7 +2097,8 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         }
         if (_draining) {
             drain_step(_now >= drain_deadline);
-            if (_users.empty() && _tunnels.empty() && _loop->open_sockets() == 0) {
+            if (_users.empty() && _tunnels.empty() && _links.empty() &&
+                _loop->open_sockets() == 0) {
                 break;
             }
             if (_now >= drain_deadline + 1'000'000'000ull) {
@@ -1420,6 +2114,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         // Connections closed before this run_once are freed after it (see _reap_users).
         _reap_tunnels.swap(_dead_tunnels);
         _reap_users.swap(_dead_users);
+        _reap_links.swap(_dead_links);
         _loop->run_once(wait);
         reap();
         _counters.add(relay_counter::loop_iterations);

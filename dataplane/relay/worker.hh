@@ -25,6 +25,7 @@ namespace apprelay::relay {
 
 class tunnel_conn;
 class user_conn;
+class peer_link;
 
 // What the control thread publishes to every worker (RCU): the snapshot and the TLS contexts
 // built from it. Sessions keep their SSL_CTX alive on their own, so a context may be replaced
@@ -32,7 +33,10 @@ class user_conn;
 struct relay_config {
     std::shared_ptr<const snapshot> snap;
     std::shared_ptr<tls::server_context> user_tls;   // SNI -> app certificates
-    std::shared_ptr<tls::server_context> tunnel_tls; // mutual TLS, tenant CAs
+    std::shared_ptr<tls::server_context> tunnel_tls; // mutual TLS, tenant CAs (+ relay CA)
+    // Fleet: this relay as a client of its peers (certificate from the relay CA, the peer's
+    // chain pinned to it). Null: no forwarding hop.
+    std::shared_ptr<tls::client_context> peer_tls;
 };
 using config_cell = core::rcu_cell<relay_config>;
 
@@ -85,6 +89,7 @@ public:
 private:
     friend class tunnel_conn;
     friend class user_conn;
+    friend class peer_link;
     class listener_sink;
 
     void on_user_accept(io::conn_id id, const sockaddr_storage& peer);
@@ -106,6 +111,10 @@ private:
     void handoff(tunnel_conn* t, int fd);
     void bury(tunnel_conn* t);
     void bury(user_conn* u);
+    void bury(peer_link* p);
+    // A peer relay's connection on the tunnel listener (its certificate chains to the relay CA):
+    // it becomes a forwarded user stream on this relay, after its header line.
+    void peer_in(io::tls_transport&& tx);
     uint64_t ms_from_now(uint32_t ms) const noexcept { return _now + uint64_t(ms) * 1'000'000ull; }
     const snapshot& snap() const noexcept { return *_cfg->snap; }
     void refresh_config();
@@ -140,6 +149,7 @@ private:
     std::vector<tunnel_conn*> _dirty;
     std::vector<tunnel_conn*> _tunnels;      // every live tunnel (for shutdown)
     std::vector<user_conn*> _users;          // every live user connection
+    std::vector<peer_link*> _links;          // every live connection to a peer relay
     // Closed connections. A send still in flight when its socket was closed keeps pointing at
     // the connection's TLS output until the loop's next run_once has submitted the cancel (the
     // kernel may even finish that send inside it). So a connection buried during a pass is
@@ -148,6 +158,8 @@ private:
     std::vector<user_conn*> _dead_users;
     std::vector<tunnel_conn*> _reap_tunnels;
     std::vector<user_conn*> _reap_users;
+    std::vector<peer_link*> _dead_links;
+    std::vector<peer_link*> _reap_links;
     std::vector<std::byte> _scratch; // plaintext: decrypt target and frame assembly
     bool _draining = false;
     // Opens and aborts charged to each user's source address (source_budget.hh).

@@ -28,7 +28,7 @@ constexpr std::size_t k_open = 256; // streams open at once
 snapshot make_snapshot() {
     snapshot s;
     s.tenants.push_back(tenant_entry{"contoso", "", ""});
-    s.groups.push_back(group_entry{0, "g", 1, ""});
+    s.groups.push_back(group_entry{0, "g", 1, "", {}});
     for (int i = 0; i < k_apps; ++i) {
         app_entry a;
         a.name = "app" + std::to_string(i);

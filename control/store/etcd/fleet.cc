@@ -112,6 +112,14 @@ void fleet_member::publish_locked() {
         fleet += node + " " + r.address + " " + r.region + " " +
                  (r.draining || _model->drain_requests.count(node) != 0 ? "1" : "0") + "\n";
     }
+    // Which relays hold which connector's tunnels: the forwarding hop routes on it.
+    for (const auto& [conn, tunnels] : _model->presence) {
+        fleet += "t " + conn;
+        for (const auto& t : tunnels) {
+            fleet += " " + t.node;
+        }
+        fleet += "\n";
+    }
     if (fleet != _fleet_signature) {
         _fleet_signature = std::move(fleet);
         ++_fleet_epoch;

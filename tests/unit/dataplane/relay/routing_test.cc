@@ -20,7 +20,7 @@ struct fake_tunnel {
 snapshot make_snapshot(const std::vector<std::string>& hostnames) {
     snapshot s;
     s.tenants.push_back(tenant_entry{"t", "", ""});
-    s.groups.push_back(group_entry{0, "g", 1, ""});
+    s.groups.push_back(group_entry{0, "g", 1, "", {}});
     for (const auto& h : hostnames) {
         app_entry a;
         a.name = "app-" + h;
