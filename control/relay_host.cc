@@ -24,6 +24,7 @@
 #include <fstream>
 #include <netdb.h>
 #include <nlohmann/json.hpp>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <thread>
@@ -551,6 +552,39 @@ result<std::shared_ptr<tls::client_context>> make_peer_tls(const relay_identity&
     return tls::client_context::create(co, why);
 }
 
+// [limits] max_user_connections stays below the process's descriptor limit, so that users can
+// never take the descriptors tunnels, peers, the store and the admin API need: the soft limit
+// is raised to the hard one, a tenth of it (and 256) is kept in reserve, and the rest is the
+// users' budget. 0 = that budget; a configured value above it is lowered to it, with a warning.
+void apply_fd_budget(relay::relay_limits* lim) {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        return;
+    }
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlimit raised = rl;
+        raised.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) {
+            rl = raised;
+        }
+    }
+    const uint64_t fds = std::min<uint64_t>(rl.rlim_cur, 100'000'000);
+    const uint64_t reserve = 256 + fds / 10;
+    const uint32_t budget = uint32_t(fds > reserve * 2 ? fds - reserve : fds / 2);
+    if (lim->max_user_connections == 0) {
+        lim->max_user_connections = budget;
+    } else if (lim->max_user_connections > budget) {
+        log::warn("limits_lowered", {{"key", "limits.max_user_connections"},
+                                     {"configured", lim->max_user_connections},
+                                     {"to", budget},
+                                     {"reason", "above the descriptor limit less a reserve"},
+                                     {"fd_limit", fds}});
+        lim->max_user_connections = budget;
+    }
+    log::info("user_connection_budget",
+              {{"max_user_connections", lim->max_user_connections}, {"fd_limit", fds}});
+}
+
 } // namespace
 
 int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
@@ -561,6 +595,7 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
         log::error("config_invalid", {{"file", opts.config_path}, {"reason", why}});
         return 2;
     }
+    apply_fd_budget(&settings.limits);
     const auto cpus = core::available_cpus();
     std::string spec = !opts.core_map.empty() ? opts.core_map : settings.core_map;
     if (spec.empty()) {

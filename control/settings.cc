@@ -52,7 +52,9 @@ bool get_u32(const toml::table& t, const char* section, const char* key, T* out,
     if (!node) {
         return true;
     }
-    auto v = node.value<int64_t>();
+    // value_exact: only a TOML integer. value<int64_t>() would also take `true` as 1 and cast a
+    // float to an integer, which is undefined behaviour when it is out of range (7e21).
+    auto v = node.value_exact<int64_t>();
     if (!v || *v < int64_t(lo) || uint64_t(*v) > hi) {
         *why = fmt::format("{}.{}: expected an integer in {}..{}", section, key, lo, hi);
         return false;
@@ -288,14 +290,11 @@ bool parse_ipv4(const std::string& text, uint32_t* out) {
     return true;
 }
 
-bool load_settings(const std::string& path, relay_settings* out, std::string* why) {
-    toml::table root;
-    try {
-        root = toml::parse_file(path);
-    } catch (const toml::parse_error& e) {
-        *why = fmt::format("{}: {} (line {})", path, e.description(), e.source().begin.line);
-        return false;
-    }
+namespace {
+
+// The sections of a parsed file; `path` names the file, relative paths resolve against its folder.
+bool load_table(const toml::table& root, const std::string& path, relay_settings* out,
+                std::string* why) {
     const auto base = std::filesystem::path(path).parent_path();
     relay_settings s;
     for (const auto& [k, v] : root) {
@@ -392,7 +391,9 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
                     {"max_frame", "initial_window", "max_streams_per_tunnel", "ping_interval_ms",
                      "ping_timeout_ms", "handshake_timeout_ms", "drain_deadline_ms",
                      "config_refresh_ms", "open_retries", "io_coalesce_us", "source_open_rate",
-                     "source_open_burst", "source_abort_rate", "source_abort_burst"},
+                     "source_open_burst", "source_abort_rate", "source_abort_burst",
+                     "max_user_connections", "source_max_connections", "idle_timeout_ms",
+                     "max_pending_opens"},
                     why) ||
         !get_u32(*l, "limits", "max_frame", &lim.max_frame, 1024, 1u << 20, why) ||
         !get_u32(*l, "limits", "initial_window", &lim.initial_window, 1024, 0x7fffffff, why) ||
@@ -409,6 +410,12 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
         !get_u32(*l, "limits", "source_open_rate", &lim.source_open_rate, 0, 10'000'000, why) ||
         !get_u32(*l, "limits", "source_open_burst", &lim.source_open_burst, 1, 10'000'000, why) ||
         !get_u32(*l, "limits", "source_abort_rate", &lim.source_abort_rate, 0, 10'000'000, why) ||
+        !get_u32(*l, "limits", "max_user_connections", &lim.max_user_connections, 0,
+                 10'000'000, why) ||
+        !get_u32(*l, "limits", "source_max_connections", &lim.source_max_connections, 0,
+                 10'000'000, why) ||
+        !get_u32(*l, "limits", "idle_timeout_ms", &lim.idle_timeout_ms, 100, 86'400'000, why) ||
+        !get_u32(*l, "limits", "max_pending_opens", &lim.max_pending_opens, 1, 1u << 20, why) ||
         !get_u32(*l, "limits", "source_abort_burst", &lim.source_abort_burst, 1, 10'000'000,
                  why)) {
         return false;
@@ -436,6 +443,31 @@ bool load_settings(const std::string& path, relay_settings* out, std::string* wh
     }
     *out = std::move(s);
     return true;
+}
+
+} // namespace
+
+bool load_settings(const std::string& path, relay_settings* out, std::string* why) {
+    toml::table root;
+    try {
+        root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+        *why = fmt::format("{}: {} (line {})", path, e.description(), e.source().begin.line);
+        return false;
+    }
+    return load_table(root, path, out, why);
+}
+
+bool parse_settings(std::string_view text, const std::string& path, relay_settings* out,
+                    std::string* why) {
+    toml::table root;
+    try {
+        root = toml::parse(text, path);
+    } catch (const toml::parse_error& e) {
+        *why = fmt::format("{}: {} (line {})", path, e.description(), e.source().begin.line);
+        return false;
+    }
+    return load_table(root, path, out, why);
 }
 
 } // namespace apprelay::control

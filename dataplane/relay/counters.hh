@@ -9,6 +9,11 @@ namespace apprelay::relay {
     X(user_conns_throttled,                                                                        \
       "user connections closed at accept: their source spent its open or abort budget")           \
     X(user_conns_throttled_aborts, "... of them because the source's abort budget was spent")     \
+    X(user_conns_refused_full,                                                                     \
+      "user connections reset at accept: the worker's share of max_user_connections is open")     \
+    X(user_conns_refused_source,                                                                   \
+      "user connections reset at accept: their source has source_max_connections open")          \
+    X(streams_idle_timeout, "streams cut: no byte moved either way for idle_timeout_ms")          \
     X(user_aborts_charged, "user aborts charged to their source (resets, failed handshakes)")     \
     X(sources_tracked, "gauge: source addresses with budget state on this worker")                \
     X(sources_untracked, "new sources admitted untracked: the source table was full")              \
@@ -23,6 +28,8 @@ namespace apprelay::relay {
       "forwarded streams refused: no peer relay reachable or willing (clear refusal to the user)") \
     X(peer_link_failures, "peer relay connections that failed (connect, TLS, refusal, timeout)")  \
     X(peer_in_refused, "forwarded streams this relay refused (unknown app, no tunnel, bad header)") \
+    X(tunnel_pending_opens_full,                                                                   \
+      "new streams kept off a tunnel: max_pending_opens of its OPENs are unanswered")             \
     X(streams_failed_limit, "user sessions refused: tunnel stream limit")                          \
     X(streams_failed_backend, "streams refused by the connector (OPEN_FAIL)")                      \
     X(streams_failed_not_allowed,                                                                  \

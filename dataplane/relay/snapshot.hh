@@ -72,6 +72,10 @@ struct relay_limits {
     uint32_t drain_deadline_ms = 30'000;
     uint32_t config_refresh_ms = 120'000; // CONFIG re-sent to every tunnel this often
     uint32_t open_retries = 2; // an OPEN refused before any byte moved is retried this often
+    // OPENs a tunnel may have unanswered (no OPEN_ACK/OPEN_FAIL yet); past it new streams go to
+    // another tunnel of the group, or are refused (a stopped or malicious connector cannot
+    // make users queue behind it).
+    uint32_t max_pending_opens = 1024;
     // Budgets per user source address (IPv4 /32, IPv6 /64), for the whole relay (each worker
     // enforces its share). Generous: many users share one address behind a NAT. Opens are user
     // connections accepted; aborts are resets mid-exchange and failed or abandoned handshakes.
@@ -80,6 +84,15 @@ struct relay_limits {
     uint32_t source_open_burst = 40'000;
     uint32_t source_abort_rate = 2'000;
     uint32_t source_abort_burst = 4'000;
+    // User connections open at once: on the whole relay (each worker takes its share; kept below
+    // the fd limit: 0 in the settings = derived from it at start, control/relay_host.cc) and
+    // from one source address. Past either, new connections are reset at accept, before any TLS
+    // work; connections already open are untouched. source_max_connections 0 = off.
+    uint32_t max_user_connections = 0;
+    uint32_t source_max_connections = 10'000;
+    // A stream on which no byte moved either way for this long is cut (RST both ways): idle
+    // users and readers that stopped reading release their memory and descriptors.
+    uint32_t idle_timeout_ms = 3'600'000;
     // Completion coalescing (io::uring_loop::set_coalescing): a worker that woke for one event
     // waits up to this long for more before working, so one pass (one tunnel send) serves many
     // streams. 0 = off. Read when a worker starts and on every snapshot. Off by default: with the

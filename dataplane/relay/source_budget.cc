@@ -75,7 +75,8 @@ void source_budget::refill(entry& e, uint64_t now_ns) const noexcept {
 bool source_budget::full(const entry& e, uint64_t now_ns) const noexcept {
     entry copy = e;
     refill(copy, now_ns);
-    return copy.opens >= cap_of(_l.open_burst) && copy.aborts >= cap_of(_l.abort_burst);
+    return copy.conns == 0 && copy.opens >= cap_of(_l.open_burst) &&
+           copy.aborts >= cap_of(_l.abort_burst);
 }
 
 source_budget::entry* source_budget::find_or_add(const source_key& k, uint64_t now_ns) {
@@ -95,8 +96,11 @@ source_budget::entry* source_budget::find_or_add(const source_key& k, uint64_t n
     return &ins->second;
 }
 
-source_budget::verdict source_budget::admit(const source_key& k, uint64_t now_ns) {
-    if (_l.open_rate == 0 && _l.abort_rate == 0) {
+source_budget::verdict source_budget::admit(const source_key& k, uint64_t now_ns, bool* counted) {
+    if (counted != nullptr) {
+        *counted = false;
+    }
+    if (_l.open_rate == 0 && _l.abort_rate == 0 && _l.max_conns == 0) {
         return verdict::admit;
     }
     entry* e = find_or_add(k, now_ns);
@@ -106,13 +110,27 @@ source_budget::verdict source_budget::admit(const source_key& k, uint64_t now_ns
     if (_l.abort_rate != 0 && e->aborts < int64_t(k_nanos_per_token)) {
         return verdict::aborts_exhausted;
     }
+    if (_l.max_conns != 0 && e->conns >= _l.max_conns) {
+        return verdict::conns_exhausted;
+    }
     if (_l.open_rate != 0) {
         if (e->opens < int64_t(k_nanos_per_token)) {
             return verdict::opens_exhausted;
         }
         e->opens -= int64_t(k_nanos_per_token);
     }
+    if (_l.max_conns != 0 && counted != nullptr) {
+        ++e->conns;
+        *counted = true;
+    }
     return verdict::admit;
+}
+
+void source_budget::release(const source_key& k) noexcept {
+    auto it = _table.find(k);
+    if (it != _table.end() && it->second.conns > 0) {
+        --it->second.conns;
+    }
 }
 
 void source_budget::charge_abort(const source_key& k, uint64_t now_ns) {

@@ -12,7 +12,8 @@
 // the kernel's SO_REUSEPORT hash, so each worker enforces rate / workers. The table is bounded:
 // a source whose buckets have refilled completely carries no state and is dropped by sweep();
 // when the table is full of busy sources a new source is admitted untracked and counted
-// (table_full), so the bound never refuses a user by itself.
+// (table_full), so the bound never refuses a user by itself. A source with connections open
+// against the connection cap keeps its entry until they close.
 #include <sys/socket.h>
 
 #include "dataplane/base/token_bucket.hh"
@@ -40,19 +41,26 @@ struct source_limits {
     uint32_t open_burst = 0;
     uint32_t abort_rate = 0;
     uint32_t abort_burst = 0;
+    // Connections open at once from one source on this worker (the configured value / workers);
+    // 0 = off.
+    uint32_t max_conns = 0;
     uint32_t max_sources = 65'536;
 };
 
 class source_budget {
 public:
-    enum class verdict : uint8_t { admit, opens_exhausted, aborts_exhausted };
+    enum class verdict : uint8_t { admit, opens_exhausted, aborts_exhausted, conns_exhausted };
 
     explicit source_budget(source_limits l = {}) : _l(l) {}
     void set_limits(const source_limits& l) noexcept { _l = l; }
     const source_limits& limits() const noexcept { return _l; }
 
-    // A new connection from k: admit (one open token taken) or refuse (nothing taken).
-    verdict admit(const source_key& k, uint64_t now_ns);
+    // A new connection from k: admit (one open token taken) or refuse (nothing taken). With a
+    // connection cap, an admitted connection counts against it (*counted = true) until
+    // release(k).
+    verdict admit(const source_key& k, uint64_t now_ns, bool* counted = nullptr);
+    // A connection admit() counted has closed.
+    void release(const source_key& k) noexcept;
     // k aborted a connection: one abort token (saturates at 0).
     void charge_abort(const source_key& k, uint64_t now_ns);
     // Drops sources whose buckets are full again (they carry no state).
@@ -67,6 +75,7 @@ private:
         int64_t opens;
         int64_t aborts; // may be in debt, down to -burst (charge_abort)
         uint64_t last_ns;
+        uint32_t conns = 0; // open connections counted by admit (kept while > 0)
     };
     struct key_hash {
         std::size_t operator()(const source_key& k) const noexcept {

@@ -64,8 +64,10 @@ std::string header_token(std::string_view s) {
 // close) ; any error -> aborted (RST).
 class user_conn final : public io::sink {
 public:
-    user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s, const source_key& src)
-        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool), _src(src) {
+    user_conn(worker* w, io::conn_id id, std::unique_ptr<tls::session> s, const source_key& src,
+              bool src_counted)
+        : _w(w), _tx(w->_loop.get(), id, std::move(s), &w->_pool), _src(src),
+          _src_counted(src_counted) {
         // Slowloris bound: the TLS handshake must finish in time.
         _w->_wheel->schedule(_timer, _w->ms_from_now(_w->snap().limits.handshake_timeout_ms));
     }
@@ -125,6 +127,10 @@ private:
     void maybe_return_credit();
     void maybe_finish_close();
     void queue_fin();
+    // [limits] idle_timeout_ms: the stream is cut when no byte moved either way for that long
+    // (a user that went quiet, or one that stopped reading); otherwise the timer is re-armed.
+    void idle_check();
+    void touch() { _last_active = _w->_now; }
     void close_now(bool abort);
     // This user aborted (reset mid-exchange, failed or abandoned handshake): its source pays.
     void charge_abort() {
@@ -145,6 +151,8 @@ private:
             log::info("peer_in_refused",
                       {{"worker", u->_w->_index}, {"reason", "no forward header in time"}});
             u->close_now(true);
+        } else if (u->_state == state::streaming || u->_state == state::closing) {
+            u->idle_check();
         }
     }
 
@@ -152,6 +160,8 @@ private:
     io::tls_transport _tx;
     core::timer _timer{&user_conn::on_timer, this};
     source_key _src;
+    bool _src_counted = false; // holds one of its source's source_max_connections
+    uint64_t _last_active = 0; // a byte moved (received from or sent to the user)
     state _state = state::handshaking;
     tunnel_conn* _t = nullptr;
     uint32_t _sid = 0;
@@ -257,11 +267,16 @@ public:
     void on_goaway(uint32_t last, tunnel::reason r, std::string_view msg) override;
     std::size_t pull(uint32_t sid, std::span<std::byte> dst) override;
 
+    // errc::overloaded when [limits] max_pending_opens OPENs are unanswered on this tunnel.
     result<uint32_t> open_stream(user_conn* u, const app_entry& app);
+    // Removes a stream, keeping the count of unanswered OPENs.
+    void erase_stream(std::unordered_map<uint32_t, user_conn*>::iterator it);
     void forget_stream(uint32_t sid, bool reset);
     // The user is gone but lost nothing: FIN (not RST) ends the stream towards the backend.
     void forget_stream_with_fin(uint32_t sid) {
-        if (_streams.erase(sid) != 0) {
+        auto it = _streams.find(sid);
+        if (it != _streams.end()) {
+            erase_stream(it);
             finish_stream(sid);
         }
     }
@@ -323,6 +338,7 @@ private:
     uint16_t _target_worker = 0;
     tunnel::reason _violation_reason = tunnel::reason::protocol_error;
     std::unordered_map<uint32_t, user_conn*> _streams;
+    uint32_t _unacked = 0; // streams of _streams whose OPEN is not answered yet
     io::tunnel_pending _pending{{}, {}, "user connection closed"};
     bool _handoff_pending = false;
     std::string _violation; // protocol violation seen inside a mux callback
@@ -421,6 +437,7 @@ void user_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
         read_header();
         return;
     }
+    touch();
     if (_t != nullptr) {
         _t->mux().mark_readable(_sid);
         _w->mark_dirty(_t);
@@ -521,8 +538,10 @@ void user_conn::refuse_peer(std::string_view why) {
 }
 
 void user_conn::start_stream() {
-    _w->_wheel->cancel(_timer);
     const auto& snap = _w->snap();
+    // From here on the timer watches for an idle stream (close_now cancels it).
+    touch();
+    _w->_wheel->schedule(_timer, _w->ms_from_now(snap.limits.idle_timeout_ms));
     // By name in the current snapshot, not by the index the TLS context was built with: the
     // configuration may have changed during the handshake (the app deleted or moved). A peer
     // relay names the app in its header.
@@ -791,6 +810,7 @@ void user_conn::on_sent(io::conn_id, int res) {
         user_gone();
         return;
     }
+    touch();
     maybe_return_credit();
     if (_p != nullptr && _p->streaming()) {
         _p->pump_down();
@@ -813,6 +833,10 @@ void user_conn::close_now(bool abort) {
     }
     _state = state::dead;
     _w->_wheel->cancel(_timer);
+    if (_src_counted) {
+        _src_counted = false;
+        _w->_sources.release(_src);
+    }
     if (_p != nullptr) {
         peer_link* p = _p;
         _p = nullptr;
@@ -822,6 +846,21 @@ void user_conn::close_now(bool abort) {
     _w->bury(this);
 }
 
+
+void user_conn::idle_check() {
+    const uint64_t idle_ns = uint64_t(_w->snap().limits.idle_timeout_ms) * 1'000'000ull;
+    if (_w->_now - _last_active < idle_ns) {
+        _w->_wheel->schedule(_timer, _last_active + idle_ns);
+        return;
+    }
+    _w->_counters.add(relay_counter::streams_idle_timeout);
+    _w->idle_cut(_app_host);
+    if (_t != nullptr) {
+        _t->forget_stream(_sid, true); // RST: the backend must not take it for a clean end
+        _t = nullptr;
+    }
+    close_now(true); // a forwarded stream's link is reset with it
+}
 
 // ------------------------------------------------------------------ forwarding hop, user side
 
@@ -1515,18 +1554,34 @@ void tunnel_conn::adopt_on(worker* w, io::conn_id id) {
 }
 
 result<uint32_t> tunnel_conn::open_stream(user_conn* u, const app_entry& app) {
+    if (_unacked >= _w->snap().limits.max_pending_opens) {
+        // The connector is not answering its OPENs (stopped, overloaded, malicious): new
+        // streams go to another tunnel of the group instead of queueing behind these.
+        _w->_counters.add(relay_counter::tunnel_pending_opens_full);
+        return error(errc::overloaded, "tunnel has too many unanswered OPENs");
+    }
     auto sid = _mux.open(app.name, app.backend, _w->_now);
     if (!sid) {
         return sid.err();
     }
     _streams.emplace(*sid, u);
+    ++_unacked;
     return *sid;
 }
 
+void tunnel_conn::erase_stream(std::unordered_map<uint32_t, user_conn*>::iterator it) {
+    if (!it->second->acked() && _unacked > 0) {
+        --_unacked;
+    }
+    _streams.erase(it);
+}
+
 void tunnel_conn::forget_stream(uint32_t sid, bool reset) {
-    if (_streams.erase(sid) == 0) {
+    auto it = _streams.find(sid);
+    if (it == _streams.end()) {
         return;
     }
+    erase_stream(it);
     if (reset) {
         _w->_counters.add(relay_counter::streams_reset);
         _pending.reset.push_back(sid);
@@ -1537,6 +1592,9 @@ void tunnel_conn::forget_stream(uint32_t sid, bool reset) {
 void tunnel_conn::on_open_ack(uint32_t sid) {
     auto it = _streams.find(sid);
     if (it != _streams.end()) {
+        if (!it->second->acked() && _unacked > 0) {
+            --_unacked;
+        }
         it->second->opened();
     }
 }
@@ -1547,7 +1605,7 @@ void tunnel_conn::on_open_fail(uint32_t sid, tunnel::reason, std::string_view ms
         return;
     }
     user_conn* u = it->second;
-    _streams.erase(it);
+    erase_stream(it);
     log::info(
         "stream_failed",
         {{"worker", _w->_index}, {"sid", sid}, {"connector", _connector_id}, {"reason", msg}});
@@ -1577,7 +1635,7 @@ void tunnel_conn::on_reset(uint32_t sid, tunnel::reason, std::string_view) {
         return;
     }
     user_conn* u = it->second;
-    _streams.erase(it);
+    erase_stream(it);
     if (!u->acked() && u->retry(_connector_id, "stream reset before OPEN_ACK")) {
         return;
     }
@@ -1590,7 +1648,7 @@ void tunnel_conn::on_stream_closed(uint32_t sid) {
         return;
     }
     user_conn* u = it->second;
-    _streams.erase(it);
+    erase_stream(it);
     u->stream_closed();
 }
 
@@ -1803,17 +1861,45 @@ void worker::on_user_accept(io::conn_id id, const sockaddr_storage& peer) {
     }
     source_key src = source_key_of(peer);
     _counters.add(relay_counter::user_conns_accepted);
-    if (auto v = _sources.admit(src, _now); v != source_budget::verdict::admit) {
+    const uint32_t max_users = snap().limits.max_user_connections;
+    if (max_users != 0 && _users.size() >= std::max<uint32_t>(max_users / _worker_count, 1)) {
+        // The worker's share of the relay's connection budget (below the fd limit) is open.
+        _counters.add(relay_counter::user_conns_refused_full);
+        if (_full_logged_ns == 0 || _now - _full_logged_ns >= 1'000'000'000ull) {
+            _full_logged_ns = _now;
+            log::warn("user_connections_full", {{"worker", _index},
+                                                {"open", _users.size()},
+                                                {"max_user_connections", max_users},
+                                                {"source", source_key_text(src)}});
+        }
+        _loop->close(id, true);
+        return;
+    }
+    bool counted = false;
+    if (auto v = _sources.admit(src, _now, &counted); v != source_budget::verdict::admit) {
         throttled(src, v);
         _loop->close(id, true); // RST: no TLS work, no TIME_WAIT kept for a source that floods
         return;
     }
-    auto* u = new user_conn(this, id, _cfg->user_tls->new_session(), src);
+    auto* u = new user_conn(this, id, _cfg->user_tls->new_session(), src, counted);
     u->pos = _users.size();
     _users.push_back(u);
     _counters.set(relay_counter::user_conns_open, _users.size());
     _loop->set_owner(id, u);
     _loop->start_recv(id);
+}
+
+void worker::idle_cut(std::string_view app) {
+    ++_idle_unlogged;
+    if (_idle_logged_ns != 0 && _now - _idle_logged_ns < 1'000'000'000ull) {
+        return;
+    }
+    log::info("stream_idle_timeout", {{"worker", _index},
+                                      {"app", app},
+                                      {"idle_timeout_ms", snap().limits.idle_timeout_ms},
+                                      {"cut_since_last_line", _idle_unlogged}});
+    _idle_logged_ns = _now;
+    _idle_unlogged = 0;
 }
 
 void worker::apply_coalescing() {
@@ -1834,12 +1920,18 @@ void worker::apply_source_limits() {
     s.open_burst = share(l.source_open_burst, true);
     s.abort_rate = share(l.source_abort_rate, false);
     s.abort_burst = share(l.source_abort_burst, true);
+    s.max_conns = share(l.source_max_connections, false);
     _sources.set_limits(s);
 }
 
 void worker::throttled(const source_key& k, source_budget::verdict v) {
-    _counters.add(relay_counter::user_conns_throttled);
-    bool aborts = v == source_budget::verdict::aborts_exhausted;
+    const bool conns = v == source_budget::verdict::conns_exhausted;
+    const bool aborts = v == source_budget::verdict::aborts_exhausted;
+    if (conns) {
+        _counters.add(relay_counter::user_conns_refused_source);
+    } else {
+        _counters.add(relay_counter::user_conns_throttled);
+    }
     if (aborts) {
         _counters.add(relay_counter::user_conns_throttled_aborts);
     }
@@ -1851,8 +1943,10 @@ void worker::throttled(const source_key& k, source_budget::verdict v) {
     log::info("source_throttled",
               {{"worker", _index},
                {"source", source_key_text(k)},
-               {"budget", aborts ? "aborts" : "opens"},
-               {"rate", aborts ? l.source_abort_rate : l.source_open_rate},
+               {"budget", conns ? "connections" : aborts ? "aborts" : "opens"},
+               {"limit", conns    ? l.source_max_connections
+                         : aborts ? l.source_abort_rate
+                                  : l.source_open_rate},
                {"refused_since_last_line", _throttled_unlogged}});
     _throttle_logged_ns = _now;
     _throttled_unlogged = 0;

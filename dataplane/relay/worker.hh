@@ -96,6 +96,8 @@ private:
     // [limits] source_*: this worker's share (configured / workers), from the snapshot.
     void apply_source_limits();
     void throttled(const source_key& k, source_budget::verdict v);
+    // A stream cut at the idle limit: logged at most once a second, with the count since.
+    void idle_cut(std::string_view app);
     void on_tunnel_accept(io::conn_id id);
     // [limits] io_coalesce_us, where the backend has completion coalescing (uring).
     void apply_coalescing();
@@ -167,6 +169,9 @@ private:
     uint64_t _sources_swept_ns = 0;
     uint64_t _throttle_logged_ns = 0; // source_throttled is logged at most once a second
     uint64_t _throttled_unlogged = 0; // refusals since that line
+    uint64_t _full_logged_ns = 0;     // user_connections_full: at most once a second
+    uint64_t _idle_logged_ns = 0;     // stream_idle_timeout: at most once a second
+    uint64_t _idle_unlogged = 0;
     uint64_t _now = 0;
     uint64_t _rng = 0x9e3779b97f4a7c15ull; // xorshift state for tunnel choice, seeded per worker
 };

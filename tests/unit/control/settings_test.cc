@@ -160,6 +160,26 @@ source_abort_burst = 20
               std::string::npos);
 }
 
+TEST_F(settings, user_edge_limits_have_defaults_and_bounds) {
+    control::relay_settings s;
+    ASSERT_EQ(load("[relay]\nstate_dir = \"s\"\n", &s), "");
+    EXPECT_EQ(s.limits.max_user_connections, 0u) << "0 = derived from the fd limit at start";
+    EXPECT_EQ(s.limits.source_max_connections, 10'000u);
+    EXPECT_EQ(s.limits.idle_timeout_ms, 3'600'000u);
+    ASSERT_EQ(load("[relay]\nstate_dir = \"s\"\n[limits]\nmax_user_connections = 500\n"
+                   "source_max_connections = 0\nidle_timeout_ms = 1500\n",
+                   &s),
+              "");
+    EXPECT_EQ(s.limits.max_user_connections, 500u);
+    EXPECT_EQ(s.limits.source_max_connections, 0u);
+    EXPECT_EQ(s.limits.idle_timeout_ms, 1500u);
+    EXPECT_EQ(load("[relay]\n[limits]\nidle_timeout_ms = 0\n"),
+              "limits.idle_timeout_ms: expected an integer in 100..86400000")
+        << "an idle timeout is never off";
+    EXPECT_EQ(load("[relay]\n[limits]\nsource_max_connections = -1\n"),
+              "limits.source_max_connections: expected an integer in 0..10000000");
+}
+
 TEST_F(settings, dpdk_backend_is_read_and_checked) {
     control::relay_settings s;
     ASSERT_EQ(load("[relay]\nstate_dir = \"s\"\n", &s), "");

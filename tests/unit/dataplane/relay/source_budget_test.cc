@@ -64,6 +64,33 @@ TEST(source_budget, opens_past_the_burst_are_refused_until_the_rate_refills) {
     EXPECT_EQ(b.admit(k, k_t0 + k_s / 2), verdict::opens_exhausted);
 }
 
+TEST(source_budget, open_connections_are_capped_per_source_until_they_close) {
+    source_limits l = limits(0, 1, 0, 1);
+    l.max_conns = 3;
+    source_budget b(l);
+    auto k = v4("192.0.2.1");
+    bool counted = false;
+    for (int i = 0; i < 3; ++i) {
+        ASSERT_EQ(b.admit(k, k_t0, &counted), verdict::admit) << i;
+        EXPECT_TRUE(counted);
+    }
+    EXPECT_EQ(b.admit(k, k_t0, &counted), verdict::conns_exhausted);
+    EXPECT_FALSE(counted);
+    EXPECT_EQ(b.admit(v4("192.0.2.2"), k_t0, &counted), verdict::admit); // others untouched
+    b.sweep(k_t0 + 100 * k_s); // an entry with open connections is kept
+    EXPECT_EQ(b.admit(k, k_t0 + 100 * k_s), verdict::conns_exhausted);
+    b.release(k);
+    EXPECT_EQ(b.admit(k, k_t0 + 100 * k_s, &counted), verdict::admit);
+    EXPECT_EQ(b.admit(k, k_t0 + 100 * k_s), verdict::conns_exhausted);
+    for (int i = 0; i < 3; ++i) {
+        b.release(k);
+    }
+    b.release(k); // more releases than connections: saturates at 0
+    b.release(v4("192.0.2.9")); // unknown source: nothing
+    b.sweep(k_t0 + 200 * k_s);
+    EXPECT_EQ(b.tracked(), 1u); // 192.0.2.2 still holds its connection
+}
+
 TEST(source_budget, aborts_refuse_new_connections_and_debt_is_repaid) {
     source_budget b(limits(0, 1, 10, 5));
     auto k = v4("198.51.100.9");

@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""User-edge limits of issue 14 (RELIABILITY.md "Limits"): each trips, is counted and logged
+once per interval, and other users' streams are undisturbed.
+
+World: one relay worker, one connector, an echo app (echo.contoso.test).
+
+idle          [limits] idle_timeout_ms = 1500. A user that goes quiet after one echo, and a user
+              that sends 4 MiB but never reads (a slow reader: its stream stalls on credit), are
+              both cut within the limit + 1.5 s (streams_idle_timeout, one stream_idle_timeout
+              line a second at most). A user echoing 64 KiB every 200 ms the whole time is never
+              cut, byte-exact.
+source_conns  [limits] source_max_connections = 6. Six idle TLS connections from 127.0.0.1
+              are served; the seventh is reset at accept (user_conns_refused_source, a
+              source_throttled line with budget=connections); 127.0.0.2 is served meanwhile, and
+              the six still echo. Once one of them closes, 127.0.0.1 gets a new connection.
+pending_opens [limits] max_pending_opens = 4, one connector, SIGSTOPped (its PING deadline
+              is 30 s, so its tunnel stays). Four users send a request and wait; the fifth is
+              refused at once (tunnel_pending_opens_full, streams_failed_limit) instead of
+              queueing behind them. After SIGCONT the four get their echoes byte-exact, and new
+              users are served again.
+fd_cap        The relay runs under a descriptor limit of 768 (as with `prlimit --nofile`): it
+              derives max_user_connections from it (768 - 10 % - 256 = 436, logged as
+              user_connection_budget). 460 idle TLS connections are opened: the excess is reset
+              at accept (user_conns_refused_full, one user_connections_full warning a second at
+              most), never an EMFILE: the tunnel stays up, the admin API answers, the open users
+              still echo, and once they close new users are served.
+"""
+import os
+import resource
+import signal
+import socket
+import ssl
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import groups_helpers as g  # noqa: E402
+import harness as h  # noqa: E402
+
+ECHO_SNI = "echo.contoso.test"
+
+
+def world(env, limits, fd_limit=None):
+    _, echo_port = env.start_backend("echo")
+    topo = h.make_world(env.pki, [("echo", ECHO_SNI, f"127.0.0.1:{echo_port}")],
+                        connectors=("c1",), workers=1, with_fabrikam=False)
+    topo.limits.update(limits)
+    if fd_limit is not None:
+        # Children inherit it: the relay (and everything else started from here) runs capped.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+    env.start_relay(topo)
+    conn = env.start_connector("c1")
+    env.wait_tunnels(1)
+    return conn
+
+
+def tls_conn(env, source="127.0.0.1", timeout=5.0):
+    """A blocking TLS connection to the echo app from `source` (handshake done)."""
+    ctx = h.user_ssl_context(env.pki.path("users-ca.crt"))
+    raw = socket.create_connection(("127.0.0.1", env.user_port), timeout=timeout,
+                                   source_address=(source, 0))
+    try:
+        return ctx.wrap_socket(raw, server_hostname=ECHO_SNI)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def echo(s, n=4096, seed=0):
+    data = h.pattern(n, seed=seed)
+    s.sendall(data)
+    got = b""
+    while len(got) < n:
+        chunk = s.recv(n - len(got))
+        if not chunk:
+            raise h.TestFailure(f"echo cut after {len(got)} of {n} bytes")
+        got += chunk
+    h.check(got == data, f"echo of {n} bytes byte-exact")
+
+
+def refused(env, source="127.0.0.1"):
+    """True if a new connection from `source` is reset (at accept or during the handshake)."""
+    try:
+        s = tls_conn(env, source)
+    except (ConnectionResetError, ssl.SSLError, BrokenPipeError, ssl.SSLEOFError, OSError) as e:
+        h.log(f"new connection from {source} refused: {type(e).__name__}: {e}")
+        return True
+    try:
+        s.settimeout(2.0)
+        echo(s, 64)
+        return False
+    except (OSError, ssl.SSLError, h.TestFailure) as e:
+        h.log(f"new connection from {source} cut after the handshake: {type(e).__name__}: {e}")
+        return True
+    finally:
+        s.close()
+
+
+def is_closed(s, wait):
+    """True if the relay closed or reset `s` within `wait` seconds."""
+    s.settimeout(wait)
+    try:
+        while True:
+            if not s.recv(65536):
+                return True
+    except (ConnectionResetError, ssl.SSLError, BrokenPipeError, OSError) as e:
+        if isinstance(e, (socket.timeout, TimeoutError)):
+            return False
+        return True
+
+
+def test_idle(env):
+    conn = world(env, {"idle_timeout_ms": 1500})
+    mark = len(conn.log_text())
+    quiet = tls_conn(env)
+    echo(quiet, 1024, seed=1)
+    slow = tls_conn(env)
+    slow.setblocking(False)
+    sent = 0
+    payload = h.pattern(4 << 20, seed=2)
+    deadline = time.monotonic() + 5
+    while sent < len(payload) and time.monotonic() < deadline:  # until credit and buffers stall
+        try:
+            sent += slow.send(payload[sent:sent + 65536])
+        except (ssl.SSLWantWriteError, BlockingIOError):
+            time.sleep(0.05)
+    h.log(f"slow reader sent {sent} bytes and reads nothing")
+    busy = tls_conn(env)
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 4.0:  # never idle: one echo every 200 ms
+        echo(busy, 64 * 1024, seed=10 + i)
+        i += 1
+        time.sleep(0.2)
+    h.check(is_closed(quiet, 0.5), "the quiet user was cut")
+    slow.setblocking(True)
+    h.check(is_closed(slow, 2.0), "the slow reader was cut")
+    echo(busy, 1024, seed=99)  # still served after 4 s of steady use
+    busy.close()
+    h.wait_until(lambda: env.counter("streams_idle_timeout") >= 2, 3,
+                 "two streams counted as idle timeouts")
+    lines = g.events(env.relay.log_text(), "stream_idle_timeout")
+    h.check(1 <= len(lines) <= 3, f"stream_idle_timeout logged at most once a second: {lines}")
+    h.check(not g.events(conn.log_text()[mark:], "tunnel_down"), "the tunnel never closed")
+
+
+def test_source_conns(env):
+    world(env, {"source_max_connections": 6})
+    held = [tls_conn(env) for _ in range(6)]
+    for i, s in enumerate(held):
+        echo(s, 256, seed=i)
+    h.check(refused(env), "the seventh connection from 127.0.0.1 is reset")
+    h.check(not refused(env, "127.0.0.2"), "127.0.0.2 is served meanwhile")
+    for i, s in enumerate(held):
+        echo(s, 256, seed=20 + i)  # the six are undisturbed
+    h.wait_until(lambda: env.counter("user_conns_refused_source") >= 1, 3,
+                 "user_conns_refused_source counted")
+    lines = [e for e in g.events(env.relay.log_text(), "source_throttled")
+             if e.get("budget") == "connections"]
+    h.check(lines and lines[0].get("source") == "127.0.0.1",
+            f"source_throttled budget=connections names 127.0.0.1: {lines[:1]}")
+    held.pop().close()
+
+    def reopened():
+        try:
+            held.append(tls_conn(env))
+            echo(held[-1], 256, seed=40)
+            return True
+        except (OSError, ssl.SSLError, h.TestFailure):
+            return False
+    h.wait_until(reopened, 5, "a new connection from 127.0.0.1 once one closed", interval=0.2)
+    for s in held:
+        s.close()
+
+
+def test_pending_opens(env):
+    conn = world(env, {"max_pending_opens": 4, "ping_interval_ms": 1000,
+                       "ping_timeout_ms": 30000})
+    s0 = tls_conn(env)
+    echo(s0, 1024, seed=1)
+    s0.close()
+    os.kill(conn.pid, signal.SIGSTOP)
+    try:
+        waiting = []
+        for i in range(4):
+            s = tls_conn(env)
+            data = h.pattern(2048, seed=10 + i)
+            s.sendall(data)
+            waiting.append((s, data))
+        h.wait_until(lambda: env.counter("streams_opened") >= 5, 3, "the four OPENs are sent")
+        t0 = time.monotonic()
+        h.check(refused(env), "the fifth user is refused")
+        h.check(time.monotonic() - t0 < 3.0, "at once, not after a timeout")
+        h.wait_until(lambda: env.counter("tunnel_pending_opens_full") >= 1, 3,
+                     "tunnel_pending_opens_full counted")
+    finally:
+        os.kill(conn.pid, signal.SIGCONT)
+    for s, data in waiting:
+        s.settimeout(10)
+        got = b""
+        while len(got) < len(data):
+            chunk = s.recv(len(data) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        h.check(got == data, f"a waiting user got its {len(data)}-byte echo after SIGCONT")
+        s.close()
+    h.wait_until(lambda: not refused(env), 5, "new users are served again", interval=0.3)
+
+
+def test_fd_cap(env):
+    world(env, {"source_max_connections": 0, "source_open_rate": 0, "source_abort_rate": 0},
+          fd_limit=768)
+    budget = [e for e in g.events(env.relay.log_text(), "user_connection_budget")]
+    h.check(budget and int(budget[0]["max_user_connections"]) == 768 - 76 - 256,
+            f"max_user_connections derived from the fd limit: {budget[:1]}")
+    cap = int(budget[0]["max_user_connections"])
+    held, refusals = [], 0
+    for i in range(cap + 24):
+        try:
+            held.append(tls_conn(env, source=f"127.0.{1 + i // 200}.{1 + i % 200}"))
+        except (ConnectionResetError, ssl.SSLError, BrokenPipeError, OSError):
+            refusals += 1
+    h.log(f"{len(held)} connections held, {refusals} refused")
+    h.check(refusals >= 20 and len(held) <= cap,
+            f"the excess is refused ({refusals} refused, {len(held)} held, cap {cap})")
+    h.wait_until(lambda: env.counter("user_conns_refused_full") >= 20, 3,
+                 "user_conns_refused_full counted")
+    warns = g.events(env.relay.log_text(), "user_connections_full")
+    h.check(1 <= len(warns) <= 4, f"user_connections_full at most once a second: {len(warns)}")
+    h.check("Too many open files" not in env.relay.log_text(), "no EMFILE in the relay's log")
+    h.check(env.counter("tunnels_up") == 1, "the tunnel stayed up")
+    env.ctl("connectors", "list")  # the admin API still answers
+    for i in (0, len(held) // 2, len(held) - 1):
+        echo(held[i], 1024, seed=i)
+    for s in held:
+        s.close()
+    h.wait_until(lambda: not refused(env, "127.0.9.9"), 10, "new users are served again",
+                 interval=0.3)
+
+
+TESTS = {"idle": test_idle, "source_conns": test_source_conns,
+         "pending_opens": test_pending_opens, "fd_cap": test_fd_cap}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(TESTS)
+    rc = 0
+    for name in names:
+        rc |= h.run_test(f"limits_{name}", TESTS[name])
+    sys.exit(rc)
