@@ -12,6 +12,12 @@ so a test can partition, heal, slow down or reset the link on demand:
         p.heal()         # blackholed connections are RST so clients reconnect
         p.set_delay(0.2) # +200 ms per forwarded chunk, each direction
         p.reset_all()    # RST every open connection once, keep forwarding new ones
+        p.set_slice(1)   # every forwarded chunk is written 1 byte per send (0 = whole chunks)
+        p.after(n, "stall")     # each connection forwards n more bytes (both directions), then
+                                # stops reading and writing with both sockets open (half-wedge)
+        p.after(n, "truncate")  # ... then closes both sides cleanly (FIN): a truncation
+        p.after(n, "reset")     # ... then RSTs both sides
+        p.after(None)           # new connections are forwarded whole again
         p.stats()        # {"accepted", "open", "bytes_up", "bytes_down", "resets"}
 
 One accept thread; one daemon thread per connection multiplexing both sockets with a poll
@@ -114,6 +120,9 @@ class _Conn:
         self.lock = threading.Lock()  # action, wake_w
         self.action = _BLACKHOLE if blackholed else None
         self.dropping = threading.Event()  # set once in blackhole mode (or gone)
+        # after(): bytes still forwarded (both directions) before after_action; None = no limit
+        self.budget, self.after_action = proxy._after if proxy._after else (None, None)
+        self.fired = None  # the after() action once the budget is spent
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
@@ -240,9 +249,22 @@ class _Conn:
         def flush(pipe, dst, stat, now):
             """Writes the due chunks; False on a socket error."""
             try:
-                while pipe.q and pipe.q[0][0] <= now:
+                while pipe.q and pipe.q[0][0] <= now and self.fired is None:
                     at, data = pipe.q[0]
-                    n = dst.send(data, _SEND_FLAGS)
+                    limit = len(data)
+                    if proxy._slice:
+                        limit = min(limit, proxy._slice)
+                    budget = self.budget
+                    if budget is not None:
+                        limit = min(limit, budget)
+                        if limit == 0:
+                            self.fired = self.after_action
+                            break
+                    n = dst.send(data[:limit] if limit < len(data) else data, _SEND_FLAGS)
+                    if budget is not None:
+                        self.budget = budget - n
+                        if self.budget == 0:
+                            self.fired = self.after_action
                     pipe.size -= n
                     proxy._count(stat, n)
                     if n < len(data):
@@ -281,8 +303,20 @@ class _Conn:
                 up.clear()
                 down.clear()
                 self.dropping.set()
+            if self.fired == "truncate":
+                self._close_both()
+                return
+            if self.fired == "reset":
+                self._abort(counted=True)
+                return
             timeout = SELECT_CAP
             now = time.monotonic()
+            if self.fired == "stall":  # wedged: nothing read, nothing written, sockets open
+                want(c, 0)
+                want(u, 0)
+                sel.select(SELECT_CAP)
+                _drain(self.wake_r)
+                continue
             if dropping:
                 want(c, _READ)
                 if u is not None:
@@ -365,6 +399,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._mode = "normal"  # normal | cut | blackhole: what new connections get
         self._delay = 0.0
+        self._slice = 0  # set_slice(): max bytes per send (0 = whole chunks)
+        self._after = None  # after(): (bytes, action) for connections accepted from now on
         self._conns = set()
         self._next_id = 0
         self._stats = {"accepted": 0, "bytes_up": 0, "bytes_down": 0, "resets": 0}
@@ -490,6 +526,31 @@ class TcpProxy:
         if seconds < 0:
             raise ValueError("delay must be >= 0")
         self._delay = seconds
+
+    def set_slice(self, nbytes: int):
+        """Every send of forwarded bytes carries at most nbytes (1 = byte by byte); 0 = off."""
+        if nbytes < 0:
+            raise ValueError("slice must be >= 0")
+        self._slice = int(nbytes)
+
+    def after(self, nbytes, action="stall"):
+        """Every open connection, and each one accepted from now on, forwards `nbytes` more
+        bytes (both directions together), then: "stall" (stops reading and writing, both
+        sockets stay open: a half-wedged link), "truncate" (clean close of both sides, FIN) or
+        "reset" (RST both sides). after(None) disarms it for new connections."""
+        if nbytes is not None and (nbytes < 0 or action not in ("stall", "truncate", "reset")):
+            raise ValueError("after(nbytes >= 0, stall|truncate|reset)")
+        with self._lock:
+            self._after = None if nbytes is None else (int(nbytes), action)
+            if nbytes is not None:
+                for conn in self._conns:
+                    with conn.lock:
+                        conn.budget, conn.after_action = int(nbytes), action
+                        if conn.wake_w is not None:
+                            try:
+                                conn.wake_w.send(b"\0")
+                            except OSError:
+                                pass
 
     # -- observation --
 
