@@ -393,7 +393,7 @@ bool load_table(const toml::table& root, const std::string& path, relay_settings
                      "config_refresh_ms", "open_retries", "io_coalesce_us", "source_open_rate",
                      "source_open_burst", "source_abort_rate", "source_abort_burst",
                      "max_user_connections", "source_max_connections", "idle_timeout_ms",
-                     "max_pending_opens"},
+                     "max_pending_opens", "max_tunnels_per_connector"},
                     why) ||
         !get_u32(*l, "limits", "max_frame", &lim.max_frame, 1024, 1u << 20, why) ||
         !get_u32(*l, "limits", "initial_window", &lim.initial_window, 1024, 0x7fffffff, why) ||
@@ -416,6 +416,8 @@ bool load_table(const toml::table& root, const std::string& path, relay_settings
                  10'000'000, why) ||
         !get_u32(*l, "limits", "idle_timeout_ms", &lim.idle_timeout_ms, 100, 86'400'000, why) ||
         !get_u32(*l, "limits", "max_pending_opens", &lim.max_pending_opens, 1, 1u << 20, why) ||
+        !get_u32(*l, "limits", "max_tunnels_per_connector", &lim.max_tunnels_per_connector, 0,
+                 1u << 16, why) ||
         !get_u32(*l, "limits", "source_abort_burst", &lim.source_abort_burst, 1, 10'000'000,
                  why)) {
         return false;

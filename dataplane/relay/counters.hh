@@ -52,6 +52,8 @@ namespace apprelay::relay {
     X(tunnel_ping_timeouts, "tunnels closed: the connector stopped answering (PING deadline)")     \
     X(tunnel_revoked, "tunnels closed: the connector was deleted (certificate revoked)")           \
     X(tunnel_version_refused, "tunnels refused at HELLO: connector older than the minimum")        \
+    X(tunnel_limit_refused,                                                                        \
+      "tunnels refused at HELLO: the connector has max_tunnels_per_connector on the worker")      \
     X(tunnels_moved, "tunnels drained: the connector was moved to another group")                  \
     X(configs_sent, "CONFIG frames sent to connectors")                                            \
     X(config_updates, "configuration snapshots applied by this worker")                            \

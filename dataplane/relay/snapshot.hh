@@ -76,6 +76,9 @@ struct relay_limits {
     // another tunnel of the group, or are refused (a stopped or malicious connector cannot
     // make users queue behind it).
     uint32_t max_pending_opens = 1024;
+    // Tunnels one connector may hold on one relay worker (a connector normally holds one per
+    // worker per loop); past it its HELLO is answered GOAWAY rate_limited. 0 = off.
+    uint32_t max_tunnels_per_connector = 16;
     // Budgets per user source address (IPv4 /32, IPv6 /64), for the whole relay (each worker
     // enforces its share). Generous: many users share one address behind a NAT. Opens are user
     // connections accepted; aborts are resets mid-exchange and failed or abandoned handshakes.

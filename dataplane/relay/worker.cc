@@ -313,7 +313,8 @@ private:
     static void on_timer(core::timer*, void* ctx) { static_cast<tunnel_conn*>(ctx)->tick(); }
     void tick();
     void after_handshake();
-    void send_hello_ack();
+    // False (nothing sent) when the connector already has max_tunnels_per_connector here.
+    bool send_hello_ack();
     void send_config(bool force);
     void drain_with(tunnel::reason code, std::string_view why);
     void close_all_streams();
@@ -1434,11 +1435,21 @@ void tunnel_conn::on_hello(const tunnel::hello& h) {
         }
         return;
     }
-    send_hello_ack();
+    if (!send_hello_ack()) {
+        _violation = "the connector has max_tunnels_per_connector tunnels on this worker";
+        _violation_reason = tunnel::reason::rate_limited;
+    }
 }
 
-void tunnel_conn::send_hello_ack() {
+bool tunnel_conn::send_hello_ack() {
     const auto& snap = _w->snap();
+    const uint32_t max_tunnels = snap.limits.max_tunnels_per_connector;
+    if (max_tunnels != 0 && _w->tunnels_of(_connector_id) >= max_tunnels) {
+        // One connector (one certificate) cannot take the worker's memory and descriptors by
+        // opening tunnel after tunnel; it is told why and backs off.
+        _w->_counters.add(relay_counter::tunnel_limit_refused);
+        return false;
+    }
     tunnel::hello_ack a{};
     a.proto_version = 1;
     a.worker_index = _w->_index;
@@ -1460,6 +1471,7 @@ void tunnel_conn::send_hello_ack() {
                             {"group", _group_key},
                             {"version", _version}});
     _w->mark_dirty(this);
+    return true;
 }
 
 void tunnel_conn::send_config(bool force) {
@@ -1548,7 +1560,11 @@ void tunnel_conn::adopt_on(worker* w, io::conn_id id) {
     }
     _connector = int32_t(it->second);
     _group = w->snap().connectors[it->second].group;
-    send_hello_ack();
+    if (!send_hello_ack()) {
+        goaway(tunnel::reason::rate_limited,
+               "the connector has max_tunnels_per_connector tunnels on this worker");
+        return;
+    }
     // Bytes that arrived during the hand-over are already inside the TLS session.
     on_recv(id, {});
 }
@@ -1994,6 +2010,7 @@ void worker::tunnel_ready(tunnel_conn* t) {
         return;
     }
     t->routed = true;
+    ++_tunnels_per_connector[t->connector_id()];
     _by_group[t->group()].push_back(t);
     _counters.set(relay_counter::tunnels_up, _counters.get(relay_counter::tunnels_up) + 1);
     emit(tunnel_event::kind::up, t->connector_id(), t->version());
@@ -2004,6 +2021,10 @@ void worker::tunnel_gone(tunnel_conn* t) {
         return;
     }
     t->routed = false;
+    if (auto it = _tunnels_per_connector.find(t->connector_id());
+        it != _tunnels_per_connector.end() && --it->second == 0) {
+        _tunnels_per_connector.erase(it);
+    }
     if (t->group() < _by_group.size()) {
         auto& v = _by_group[t->group()];
         auto it = std::find(v.begin(), v.end(), t);

@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace apprelay::relay {
@@ -108,6 +109,11 @@ private:
     // A ready tunnel of the group on this worker for a new stream, never one of `exclude`'s
     // connectors; nullptr when there is none.
     tunnel_conn* pick_tunnel(uint32_t group, const std::vector<std::string>* exclude);
+    // Routed tunnels of one connector on this worker.
+    uint32_t tunnels_of(const std::string& connector) const {
+        auto it = _tunnels_per_connector.find(connector);
+        return it == _tunnels_per_connector.end() ? 0 : it->second;
+    }
     void tunnel_ready(tunnel_conn* t);
     void tunnel_gone(tunnel_conn* t);
     void handoff(tunnel_conn* t, int fd);
@@ -148,6 +154,7 @@ private:
 
     // Ready tunnels by group index (routing table of this worker).
     std::vector<std::vector<tunnel_conn*>> _by_group;
+    std::unordered_map<std::string, uint32_t> _tunnels_per_connector; // routed tunnels
     std::vector<tunnel_conn*> _dirty;
     std::vector<tunnel_conn*> _tunnels;      // every live tunnel (for shutdown)
     std::vector<user_conn*> _users;          // every live user connection

@@ -18,6 +18,10 @@ pending_opens [limits] max_pending_opens = 4, one connector, SIGSTOPped (its PIN
               refused at once (tunnel_pending_opens_full, streams_failed_limit) instead of
               queueing behind them. After SIGCONT the four get their echoes byte-exact, and new
               users are served again.
+tunnels       [limits] max_tunnels_per_connector = 2: three processes run connector c1 (same
+              certificate): two tunnels are up and the third HELLO is answered GOAWAY
+              (tunnel_limit_refused) while users are served; when one of the two stops, the
+              third gets its tunnel.
 fd_cap        The relay runs under a descriptor limit of 768 (as with `prlimit --nofile`): it
               derives max_user_connections from it (768 - 10 % - 256 = 436, logged as
               user_connection_budget). 460 idle TLS connections are opened: the excess is reset
@@ -208,6 +212,25 @@ def test_pending_opens(env):
     h.wait_until(lambda: not refused(env), 5, "new users are served again", interval=0.3)
 
 
+def test_tunnels(env):
+    first = world(env, {"max_tunnels_per_connector": 2})
+    second = env.start_connector("c1", name="connector-c1-b")
+    h.wait_until(lambda: env.counter("tunnels_up") == 2, 10, "two tunnels of c1")
+    third = env.start_connector("c1", name="connector-c1-c")
+    h.wait_until(lambda: env.counter("tunnel_limit_refused") >= 1, 10,
+                 "the third tunnel of c1 refused")
+    time.sleep(1.5)
+    h.check(env.counter("tunnels_up") == 2, f"still 2 tunnels ({env.counter('tunnels_up')})")
+    s = tls_conn(env)
+    echo(s, 64 * 1024, seed=5)
+    s.close()
+    first.stop()
+    h.wait_until(lambda: env.counter("tunnels_up") == 2, 20,
+                 "the waiting process got its tunnel once one stopped")
+    second.stop()
+    third.stop()
+
+
 def test_fd_cap(env):
     world(env, {"source_max_connections": 0, "source_open_rate": 0, "source_abort_rate": 0},
           fd_limit=768)
@@ -240,7 +263,7 @@ def test_fd_cap(env):
 
 
 TESTS = {"idle": test_idle, "source_conns": test_source_conns,
-         "pending_opens": test_pending_opens, "fd_cap": test_fd_cap}
+         "pending_opens": test_pending_opens, "tunnels": test_tunnels, "fd_cap": test_fd_cap}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(TESTS)
