@@ -1,5 +1,6 @@
 #include "control/api/api.hh"
 
+#include "control/store/rules.hh"
 #include "tls/ca.hh"
 
 #include <algorithm>
@@ -47,6 +48,10 @@ public:
             _j = json::parse(text);
         } catch (const json::parse_error& e) {
             problem = "malformed JSON at byte " + std::to_string(e.byte) + ": " + e.what();
+            return;
+        } catch (const json::exception& e) {
+            // Not only syntax: a number beyond a double's range (1e999) throws out_of_range 406.
+            problem = std::string("malformed JSON: ") + e.what();
             return;
         }
         if (!_j.is_object()) {
@@ -331,11 +336,18 @@ http_response admin_api::route(const http_request& r, const live_view& live) {
         if (b.problem) {
             return fail(400, *b.problem);
         }
-        if (!user || user->empty() || user->size() > 64) {
-            return fail(400, "name: required, 1-64 characters");
+        // RFC 5280 appendix A: CN and OU values are at most 64 characters (OpenSSL refuses longer
+        // ones); a NUL would cut the value short where OpenSSL reads it as a C string.
+        if (!user || user->empty() || user->size() > 64 || !rules::printable(*user)) {
+            return fail(400, "name: required, 1-64 printable characters");
         }
         if (!groups || groups->empty()) {
             return fail(400, "groups: at least one user group is required");
+        }
+        for (const auto& g : *groups) {
+            if (g.empty() || g.size() > 64 || !rules::printable(g)) {
+                return fail(400, "groups: each user group is 1-64 printable characters");
+            }
         }
         if (days < 1 || days > 825) {
             return fail(400, "days: must be 1..825");

@@ -205,7 +205,14 @@ private:
     tls::session& _s;
 };
 
-// nullopt-like: false when the line is not a request of PROTOCOL.md step 4.
+enroll_reply refusal(const char* reason) {
+    enroll_reply r;
+    r.error = reason;
+    return r;
+}
+
+} // namespace
+
 bool parse_request(const std::string& line, enroll_request* out) {
     auto doc = nlohmann::json::parse(line, nullptr, false);
     if (doc.is_discarded() || !doc.is_object()) {
@@ -225,14 +232,6 @@ bool parse_request(const std::string& line, enroll_request* out) {
     return field("token", &out->token, true) && field("csr_pem", &out->csr_pem, true) &&
            field("name", &out->name, false) && field("version", &out->version, false);
 }
-
-enroll_reply refusal(const char* reason) {
-    enroll_reply r;
-    r.error = reason;
-    return r;
-}
-
-} // namespace
 
 std::string reply_line(const enroll_reply& reply) {
     nlohmann::json j;

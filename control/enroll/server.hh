@@ -62,6 +62,11 @@ struct server_options {
     uint32_t max_enrollments_per_s = 20;
 };
 
+// PROTOCOL.md step 4: decodes a request line (without its '\n'); false when it is not a JSON
+// object with string fields token and csr_pem (name and version optional, strings if present).
+// Leaves out->peer alone.
+bool parse_request(const std::string& line, enroll_request* out);
+
 // The JSON reply line (with its '\n') for a reply, as sent on the wire.
 std::string reply_line(const enroll_reply& reply);
 

@@ -260,7 +260,10 @@ std::optional<store_error> issue_app_cert(app& a, const tls::pem_pair& tenant_ca
 
 store_result<tenant> make_tenant(const std::string& name, int64_t now) {
     std::string why;
-    auto ca = tls::make_ca("apprelay tenant " + name + " CA", k_ca_days, &why);
+    // RFC 5280 appendix A: a CN is at most 64 characters (OpenSSL refuses more), and so is a
+    // tenant name: a long name goes in alone.
+    const std::string cn = "apprelay tenant " + name + " CA";
+    auto ca = tls::make_ca(cn.size() <= k_max_name ? cn : name, k_ca_days, &why);
     if (!ca) {
         return err(kind::internal, "cannot create the CA of tenant " + quoted(name) + ": " + why);
     }

@@ -280,15 +280,6 @@ result<void> make_private_dir(const std::string& dir, std::string* why) {
     return {};
 }
 
-struct relay_reply {
-    registration reg;
-    std::string cert_pem;
-    std::string ca_pem;
-    uint16_t tunnel_port = 0;
-    std::string server_name;
-    std::vector<std::string> relays; // a fleet's relays, HOST:PORT
-};
-
 // An optional "relays" array of HOST:PORT strings (at most 64, each at most 300 bytes).
 bool read_relays(const nlohmann::json& doc, std::vector<std::string>* out) {
     auto it = doc.find("relays");
@@ -309,7 +300,19 @@ bool read_relays(const nlohmann::json& doc, std::vector<std::string>* out) {
     return true;
 }
 
-// PROTOCOL.md step 6. errc::refused with the relay's reason, or protocol_error for a bad reply.
+bool read_small_file(const std::string& path, std::size_t max, std::string* out) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        return false;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    *out = ss.str();
+    return out->size() <= max;
+}
+
+} // namespace
+
 result<relay_reply> parse_reply(const std::string& line, std::string* why) {
     auto doc = nlohmann::json::parse(line, nullptr, false);
     if (doc.is_discarded() || !doc.is_object() || !doc.contains("ok") || !doc["ok"].is_boolean()) {
@@ -348,19 +351,6 @@ result<relay_reply> parse_reply(const std::string& line, std::string* why) {
     }
     return r;
 }
-
-bool read_small_file(const std::string& path, std::size_t max, std::string* out) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        return false;
-    }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    *out = ss.str();
-    return out->size() <= max;
-}
-
-} // namespace
 
 result<enroll_token> parse_token(std::string_view token) {
     if (token.substr(0, k_token_prefix.size()) != k_token_prefix) {

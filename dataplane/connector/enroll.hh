@@ -47,6 +47,19 @@ struct registration {
     std::string group;
 };
 
+// PROTOCOL.md step 6: what an accepted enrollment reply carries.
+struct relay_reply {
+    registration reg;
+    std::string cert_pem;
+    std::string ca_pem;
+    uint16_t tunnel_port = 0;
+    std::string server_name;
+    std::vector<std::string> relays; // a fleet's relays, HOST:PORT
+};
+// Decodes the relay's reply line (without its '\n'). errc::refused with the relay's reason in
+// *why, or errc::protocol_error for a reply that is not valid JSON of step 6 or lacks a field.
+result<relay_reply> parse_reply(const std::string& line, std::string* why);
+
 // PROTOCOL.md steps 1-7. Errors: errc::refused when the relay refused (*why = its reason, e.g.
 // "token already used"); errc::cert_rejected for a pin mismatch (*why starts with
 // k_pin_mismatch); invalid_argument for a malformed token (before any connection); others for
