@@ -129,6 +129,23 @@ TEST_F(api_test, bad_bodies_are_400_with_the_reason) {
     expect_error(call("GET", path), 404, "no tenant 'contoso'");
 }
 
+// Regressions found by tests/fuzz/admin_api_fuzz.cc: each was a 500 (or a wrong certificate).
+TEST_F(api_test, fuzzer_findings_are_clear_refusals) {
+    ok(call("POST", "/v1/tenants/contoso/groups", R"({"name":"g"})"), 201); // creates the tenant
+    const std::string users = "/v1/tenants/contoso/users";
+    // A number beyond a double's range is malformed JSON, not an exception out of the handler.
+    auto r = call("POST", users, R"({"name":"alice","groups":["hr"],"days":9E9999999999})");
+    EXPECT_EQ(r.status, 400) << r.body;
+    expect_error(call("POST", users, json{{"name", std::string(65, 'a')}, {"groups", {"hr"}}}.dump()),
+                 400, "name: required, 1-64 printable characters");
+    // A NUL inside a group would have cut the certificate's OU short ("a").
+    expect_error(call("POST", users, json{{"name", "alice"}, {"groups", {std::string("a\0b", 3)}}}.dump()),
+                 400, "groups: each user group is 1-64 printable characters");
+    ok(call("POST", users, json{{"name", "alice"}, {"groups", {"hr"}}}.dump()), 201);
+    // A 64-character tenant name gets its CA (the decorated CN would be over 64 characters).
+    ok(call("POST", "/v1/tenants/" + std::string(64, 't') + "/groups", R"({"name":"g"})"), 201);
+}
+
 TEST_F(api_test, group_lifecycle) {
     ok(call("POST", "/v1/tenants/contoso/groups", R"({"name":"DR"})"), 201);
     expect_error(call("POST", "/v1/tenants/contoso/groups", R"({"name":"DR"})"), 409,
