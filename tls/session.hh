@@ -44,10 +44,15 @@ public:
     detail::chunk* get() noexcept; // nullptr = out of memory
     void put(detail::chunk* c) noexcept;
     std::size_t free_chunks() const noexcept { return _free_count; }
+    // Frees the chunks that stayed unused since the last call (the fewest free at any moment
+    // since then), keeping `keep`: memory taken for a burst goes back once the burst is over.
+    // Returns the chunks freed.
+    std::size_t trim_unused(std::size_t keep) noexcept;
 
 private:
     detail::chunk* _free = nullptr; // intrusive list through chunk::next
     std::size_t _free_count = 0;
+    std::size_t _min_free = 0; // since the last trim_unused
 };
 
 class session {

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
@@ -32,6 +33,8 @@ constexpr uint64_t k_max_wait_ns = 50'000'000;
 // refused by one connector can be replayed on another (DESIGN.md: an OPEN that fails before any
 // byte reached the user is retried). Beyond it the user waits for OPEN_ACK.
 constexpr std::size_t k_early_max = 64 * 1024;
+// Free buffer chunks (64 KiB) a worker keeps when trimming the ones no stream used for 5 s.
+constexpr std::size_t k_pool_keep = 16;
 // Timer resolution: liveness and handshake deadlines are seconds; 10 ms ticks are plenty.
 constexpr uint64_t k_timer_tick_ns = 10'000'000;
 // Forwarding hop between relays (a user on a relay that holds no tunnel for the app's group):
@@ -2236,6 +2239,15 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         _now = mono_ns();
         drain_handoffs();
         _wheel->advance(_now);
+        if (_now - _trimmed_ns >= 5'000'000'000ull) {
+            // Buffer chunks no stream needed for 5 s go back to the allocator, and the heap's
+            // free top to the system once a burst's worth was freed: after load, memory returns
+            // to its idle level (bench/soak.py checks it).
+            _trimmed_ns = _now;
+            if (_pool.trim_unused(k_pool_keep) >= k_pool_keep) {
+                ::malloc_trim(0);
+            }
+        }
         if (_now - _sources_swept_ns >= 1'000'000'000ull) {
             _sources_swept_ns = _now;
             _sources.sweep(_now);

@@ -174,6 +174,7 @@ private:
     // Opens and aborts charged to each user's source address (source_budget.hh).
     source_budget _sources;
     uint64_t _sources_swept_ns = 0;
+    uint64_t _trimmed_ns = 0; // buffer pool trim, every 5 s
     uint64_t _throttle_logged_ns = 0; // source_throttled is logged at most once a second
     uint64_t _throttled_unlogged = 0; // refusals since that line
     uint64_t _full_logged_ns = 0;     // user_connections_full: at most once a second

@@ -41,7 +41,21 @@ detail::chunk* chunk_pool::get() noexcept {
     }
     _free = c->next;
     --_free_count;
+    _min_free = std::min(_min_free, _free_count);
     return c;
+}
+
+std::size_t chunk_pool::trim_unused(std::size_t keep) noexcept {
+    std::size_t n = _min_free > keep ? _min_free - keep : 0;
+    const std::size_t released = n;
+    while (n-- > 0 && _free != nullptr) {
+        detail::chunk* c = _free;
+        _free = c->next;
+        --_free_count;
+        detail::delete_chunk(c);
+    }
+    _min_free = _free_count;
+    return released;
 }
 
 void chunk_pool::put(detail::chunk* c) noexcept {

@@ -533,3 +533,40 @@ TEST(tls_policy, only_tls13_suites_and_known_groups) {
 
 } // namespace
 } // namespace apprelay::tls
+
+namespace apprelay::tls {
+namespace {
+
+// The per-worker buffer pool gives back what a burst took once it is over (relay worker trims
+// every 5 s), keeps what steady traffic keeps using, and never frees a chunk in use.
+TEST(chunk_pool, trim_frees_only_chunks_unused_since_the_last_trim) {
+    chunk_pool pool;
+    std::vector<detail::chunk*> burst;
+    for (int i = 0; i < 100; ++i) {
+        burst.push_back(pool.get());
+        ASSERT_NE(burst.back(), nullptr);
+    }
+    for (auto* c : burst) {
+        pool.put(c);
+    }
+    EXPECT_EQ(pool.free_chunks(), 100u);
+    EXPECT_EQ(pool.trim_unused(16), 0u) << "the first interval saw the pool empty";
+    // Steady use of 10 chunks at a time during the next interval.
+    for (int round = 0; round < 3; ++round) {
+        std::vector<detail::chunk*> in_use;
+        for (int i = 0; i < 10; ++i) {
+            in_use.push_back(pool.get());
+        }
+        for (auto* c : in_use) {
+            pool.put(c);
+        }
+    }
+    EXPECT_EQ(pool.trim_unused(16), 90u - 16u) << "never fewer than 90 were free: 74 go";
+    EXPECT_EQ(pool.free_chunks(), 26u);
+    EXPECT_EQ(pool.trim_unused(16), 26u - 16u) << "an idle interval leaves the 16 kept";
+    EXPECT_EQ(pool.free_chunks(), 16u);
+    EXPECT_EQ(pool.trim_unused(16), 0u);
+}
+
+} // namespace
+} // namespace apprelay::tls
