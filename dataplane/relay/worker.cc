@@ -1795,6 +1795,7 @@ worker::worker(uint16_t index, uint16_t worker_count, config_cell* config)
 worker::~worker() {
     // The ring first: once it is closed the kernel cancels what is in flight without touching
     // the connections' buffers any more.
+    _wake_target.store(nullptr, std::memory_order_release);
     _loop.reset();
     for (auto* t : _tunnels) {
         delete t;
@@ -1868,8 +1869,8 @@ void worker::apply_config() {
 }
 
 void worker::wake() noexcept {
-    if (_loop) {
-        _loop->wake();
+    if (auto* l = _wake_target.load(std::memory_order_acquire)) {
+        l->wake();
     }
 }
 
@@ -2191,6 +2192,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
     _now = mono_ns();
     _wheel = std::make_unique<core::timer_wheel>(k_timer_tick_ns, _now);
     _loop->set_wake_handler([this] { drain_handoffs(); });
+    _wake_target.store(_loop.get(), std::memory_order_release);
     _user_listener = std::make_unique<listener_sink>(this, false);
     _tunnel_listener = std::make_unique<listener_sink>(this, true);
     auto ul = _loop->listen(_user_listen, _user_listener.get());

@@ -139,6 +139,11 @@ private:
     std::vector<tunnel_event> _event_backlog; // ring full: kept in order, retried each loop
     loop_factory _make_loop;
     std::unique_ptr<io::loop> _loop;
+    // _loop as wake() sees it from other threads (the control thread, peer workers): stored with
+    // release once run() has built the loop, so a waker never reads a half-built one. Null
+    // before: that wake is not needed, run() refreshes the config and drains the hand-over
+    // rings in every iteration, and sleeps at most k_max_wait_ns.
+    std::atomic<io::loop*> _wake_target{nullptr};
     std::unique_ptr<core::timer_wheel> _wheel; // created on the worker thread in run()
     io::send_buffer_pool _pool;
     relay_counter_block _counters;

@@ -51,8 +51,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUILD = os.path.abspath(os.environ.get("APPRELAY_BUILD_DIR", os.path.join(REPO, "build")))
 RELAY_BIN = os.path.join(BUILD, "control", "apprelay")
 CONNECTOR_BIN = os.path.join(BUILD, "dataplane", "connector", "apprelay-connector")
-BACKEND_BIN = os.path.join(BUILD, "bench", "loadgen", "apprelay-testbackend")
-LOADGEN_BIN = os.path.join(BUILD, "bench", "loadgen", "apprelay-loadgen")
+# The test tools (backend, load generator) may come from another build: the sanitizer builds
+# are configured without the bench tree (scripts/test sets APPRELAY_TOOLS_DIR=build for them).
+TOOLS = os.path.abspath(os.environ.get("APPRELAY_TOOLS_DIR", BUILD))
+BACKEND_BIN = os.path.join(TOOLS, "bench", "loadgen", "apprelay-testbackend")
+LOADGEN_BIN = os.path.join(TOOLS, "bench", "loadgen", "apprelay-loadgen")
 CTL_BIN = os.path.join(BUILD, "control", "ctl", "apprelayctl")
 
 RELAY_SERVER_NAME = "relay.apprelay.test"

@@ -1,9 +1,11 @@
 #include "dataplane/core/spsc_ring.hh"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <gtest/gtest.h>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -154,6 +156,93 @@ TEST(spsc_ring, two_threads_move_ten_million_sequence_numbers_in_order) {
 TEST(spsc_ring, two_threads_in_bursts_through_a_small_ring_stay_in_order) {
     // Burst 32 through 64 slots keeps both sides hitting full/empty constantly.
     run_two_threads(64, 32, 10'000'000);
+}
+
+// The shape of relay::tunnel_event (dataplane/relay/worker.hh): a multi-word record whose
+// bytes must all arrive as written, not only its index.
+struct event_record {
+    uint64_t seq = 0;
+    char id[40] = {};
+    uint64_t check = 0; // checksum(): a record read half-written fails it
+};
+
+uint64_t checksum(const event_record& e) {
+    uint64_t c = e.seq;
+    for (char ch : e.id) {
+        c = c * 31 + uint8_t(ch);
+    }
+    return c;
+}
+
+TEST(spsc_ring, worker_events_with_a_backlog_reach_the_control_thread_whole_and_in_order) {
+    // As worker::emit/flush_events and control_plane::drain_events use it: the worker never
+    // waits for the control thread; when the ring is full it keeps events in a local backlog and
+    // retries each loop; the control thread drains the ring on its own clock (here: in bursts
+    // with naps, so the ring fills and the backlog is used). 16 slots, 100k events.
+    constexpr uint64_t k_events = 100'000;
+    spsc_ring<event_record> ring(16);
+    std::atomic<bool> give_up{false};
+    const auto deadline = std::chrono::steady_clock::now() + k_two_thread_budget;
+    uint64_t backlogged = 0;
+    std::thread worker([&] {
+        std::vector<event_record> backlog;
+        for (uint64_t seq = 0; seq < k_events && !give_up.load(std::memory_order_relaxed); ++seq) {
+            event_record e;
+            e.seq = seq;
+            const std::string id = "connector-" + std::to_string(seq % 977);
+            id.copy(e.id, sizeof e.id - 1);
+            e.check = checksum(e);
+            if (!backlog.empty() || !ring.try_push(e)) {
+                backlog.push_back(e);
+                backlogged = std::max<uint64_t>(backlogged, backlog.size());
+            }
+            std::size_t i = 0; // flush_events: in order, as many as fit
+            while (i < backlog.size() && ring.try_push(backlog[i])) {
+                ++i;
+            }
+            backlog.erase(backlog.begin(), backlog.begin() + long(i));
+            if (backlog.size() >= 64) {
+                std::this_thread::yield(); // a real worker has a whole loop pass between events
+            }
+        }
+        while (!backlog.empty() && !give_up.load(std::memory_order_relaxed)) {
+            if (ring.try_push(backlog.front())) {
+                backlog.erase(backlog.begin());
+            } else {
+                std::this_thread::yield();
+            }
+        }
+    });
+    uint64_t expected = 0;
+    uint64_t next_nap = 0;
+    uint64_t bad = 0;
+    bool timed_out = false;
+    while (expected < k_events) {
+        event_record e;
+        bool drained = false;
+        while (ring.try_pop(e)) {
+            bad += (e.seq != expected || e.check != checksum(e)) ? 1 : 0;
+            expected = e.seq + 1;
+            drained = true;
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+            timed_out = true;
+            give_up.store(true, std::memory_order_relaxed);
+            break;
+        }
+        if (expected >= next_nap) {
+            // The control thread's tick sleeps between drains; 1 ms is ample for 16 events.
+            next_nap += 5'000;
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        } else if (!drained) {
+            std::this_thread::yield();
+        }
+    }
+    worker.join();
+    EXPECT_FALSE(timed_out) << "stalled after " << expected << " of " << k_events << " events";
+    EXPECT_EQ(bad, 0u);
+    EXPECT_EQ(expected, k_events);
+    EXPECT_GT(backlogged, 0u) << "the ring never filled: the backlog path went untested";
 }
 
 TEST(spsc_ring, hands_back_the_exact_pointers_pushed) {
