@@ -2,13 +2,12 @@
 
 #include "control/store/pem_util.hh"
 #include "dataplane/base/log.hh"
+#include "dataplane/io/address.hh"
 #include "tls/ca.hh"
 
 #include <algorithm>
-#include <cstring>
 #include <filesystem>
 #include <map>
-#include <netdb.h>
 #include <fmt/format.h>
 #include <unordered_map>
 
@@ -25,28 +24,6 @@ std::string hex(std::string_view raw) {
     return out;
 }
 
-// A peer's HOST:PORT (numeric, or a name resolved here on the control thread).
-bool peer_address(const std::string& hp, relay::peer_relay* out) {
-    auto c = hp.rfind(':');
-    if (c == std::string::npos || c == 0) {
-        return false;
-    }
-    std::string host = hp.substr(0, c);
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-        host = host.substr(1, host.size() - 2);
-    }
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    addrinfo* res = nullptr;
-    if (getaddrinfo(host.c_str(), hp.substr(c + 1).c_str(), &hints, &res) != 0 || res == nullptr) {
-        return false;
-    }
-    std::memcpy(&out->addr, res->ai_addr, res->ai_addrlen);
-    out->addr_len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return true;
-}
 
 } // namespace
 
@@ -121,7 +98,7 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
         for (const auto& r : view.relays) {
             relay::peer_relay p;
             p.node = r.node;
-            if (r.node == settings.fleet.node || r.draining || !peer_address(r.address, &p)) {
+            if (r.node == settings.fleet.node || r.draining || !io::resolve_host_port(r.address, &p.addr, &p.addr_len)) {
                 continue;
             }
             peer_index.emplace(r.node, uint32_t(snap->peers.size()));

@@ -3,6 +3,7 @@
 #include "dataplane/base/log.hh"
 #include "dataplane/base/time.hh"
 #include "dataplane/connector/status_http.hh"
+#include "dataplane/io/address.hh"
 #include "dataplane/io/tls_transport.hh"
 #include "dataplane/io/tunnel_pump.hh"
 #include "dataplane/io/uring/loop.hh"
@@ -34,28 +35,6 @@ constexpr std::size_t k_backend_in_low = 64 * 1024;
 constexpr uint64_t k_max_wait_ns = 50'000'000;
 constexpr uint16_t k_any_worker = 0xFFFF;
 
-bool resolve(const std::string& hp, sockaddr_storage* ss, socklen_t* len) {
-    auto c = hp.rfind(':');
-    if (c == std::string::npos || c == 0) {
-        return false;
-    }
-    std::string host = hp.substr(0, c);
-    std::string port = hp.substr(c + 1);
-    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-        host = host.substr(1, host.size() - 2);
-    }
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    addrinfo* res = nullptr;
-    if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) {
-        return false;
-    }
-    std::memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return true;
-}
 
 } // namespace
 
@@ -653,7 +632,7 @@ void tunnel_link::on_open(uint32_t sid, std::string_view app, std::string_view t
     sockaddr_storage ss{};
     socklen_t len = 0;
     auto* b = new backend_conn(_a, this, sid);
-    if (!resolve(std::string(target), &ss, &len) || !b->start(ss, len)) {
+    if (!io::resolve_host_port(std::string(target), &ss, &len) || !b->start(ss, len)) {
         delete b;
         _a->counters.add(connector_counter::streams_refused);
         _mux->open_fail(sid, tunnel::reason::unreachable, "cannot resolve or reach target");
@@ -857,7 +836,7 @@ void agent::write_stats() {
 
 int agent::run(const std::atomic<bool>& stop) {
     std::string why;
-    if (!resolve(opts.relay, &relay_addr, &relay_len)) {
+    if (!io::resolve_host_port(opts.relay, &relay_addr, &relay_len)) {
         log::error("config_invalid",
                    {{"relay", opts.relay}, {"reason", "cannot resolve HOST:PORT"}});
         return 2;

@@ -51,6 +51,28 @@ constexpr std::size_t k_forward_high = 256 * 1024;
 // The relay CA issues peers' certificates with this common-name prefix (control/relay_host.cc).
 constexpr std::string_view k_peer_cn_prefix = "apprelay-peer ";
 
+// Reads one '\n'-terminated line of the forwarding hop from a TLS session, a byte per read (the
+// line is short; what follows it stays in the session for the stream). done: *line is complete
+// (without '\n'); again: more bytes needed; too_long: past k_max_forward_line; ended: the peer
+// closed or TLS failed before the end of the line.
+enum class line_read : uint8_t { done, again, too_long, ended };
+line_read read_forward_line(tls::session& s, std::string* line) {
+    for (;;) {
+        std::byte b;
+        auto r = s.read(std::span<std::byte>(&b, 1));
+        if (!r) {
+            return r.code() == errc::again ? line_read::again : line_read::ended;
+        }
+        if (char(b) == '\n') {
+            return line_read::done;
+        }
+        if (line->size() >= k_max_forward_line) {
+            return line_read::too_long;
+        }
+        *line += char(b);
+    }
+}
+
 // A user name for the forward header and logs: printable, no spaces, bounded.
 std::string header_token(std::string_view s) {
     std::string out;
@@ -486,29 +508,20 @@ void user_conn::handshake() {
 }
 
 void user_conn::read_header() {
-    // One byte per read: the header is short, and whatever follows it stays in the session for
-    // the stream (OpenSSL decrypts each record once and serves the rest from its buffer).
-    for (;;) {
-        std::byte b;
-        auto r = _tx.tls().read(std::span<std::byte>(&b, 1));
-        if (!r) {
-            if (r.code() == errc::again) {
-                return;
-            }
-            _w->_counters.add(relay_counter::peer_in_refused);
-            log::info("peer_in_refused",
-                      {{"worker", _w->_index}, {"reason", "peer closed before its header"}});
-            close_now(true);
-            return;
-        }
-        if (char(b) == '\n') {
-            break;
-        }
-        if (_header.size() >= k_max_forward_line) {
-            refuse_peer("header line too long");
-            return;
-        }
-        _header += char(b);
+    switch (read_forward_line(_tx.tls(), &_header)) {
+    case line_read::done:
+        break;
+    case line_read::again:
+        return;
+    case line_read::too_long:
+        refuse_peer("header line too long");
+        return;
+    case line_read::ended:
+        _w->_counters.add(relay_counter::peer_in_refused);
+        log::info("peer_in_refused",
+                  {{"worker", _w->_index}, {"reason", "peer closed before its header"}});
+        close_now(true);
+        return;
     }
     // "APPRELAY-FWD/1 <hostname> <user>"
     std::string_view h = _header;
@@ -1043,25 +1056,17 @@ void peer_link::on_recv(io::conn_id, std::span<const std::byte> data) {
 }
 
 void peer_link::read_reply() {
-    for (;;) {
-        std::byte b;
-        auto r = _tx->tls().read(std::span<std::byte>(&b, 1));
-        if (!r) {
-            if (r.code() == errc::again) {
-                return;
-            }
-            fail(r.code() == errc::closed ? "peer closed before answering"
-                                          : "TLS: " + _tx->tls().last_error());
-            return;
-        }
-        if (char(b) == '\n') {
-            break;
-        }
-        if (_reply.size() >= k_max_forward_line) {
-            fail("answer line too long");
-            return;
-        }
-        _reply += char(b);
+    switch (read_forward_line(_tx->tls(), &_reply)) {
+    case line_read::done:
+        break;
+    case line_read::again:
+        return;
+    case line_read::too_long:
+        fail("answer line too long");
+        return;
+    case line_read::ended:
+        fail("peer closed before answering: " + _tx->tls().last_error());
+        return;
     }
     if (_reply != "OK") {
         fail(_reply.rfind("ERR ", 0) == 0 ? "peer refused: " + _reply.substr(4)
