@@ -20,11 +20,11 @@ truncate      T closes both sides cleanly (FIN) after 2 MiB during a 16 MiB echo
 reset         The same with RST.
 user_reset    U resets a user's connection after 1 MiB of a 16 MiB echo: only that stream ends
               (streams_user_aborted); a direct user echoes meanwhile, the tunnel stays up.
-sigstop       The connector is SIGSTOPped during a 16 MiB echo: the tunnel is ejected by the
-              PING deadline, the user sees an error; after SIGCONT the connector comes back and
-              the next user is served.
-sigkill       The connector is SIGKILLed during a 16 MiB echo and started again: the user sees
-              an error, the next user is served.
+sigstop       The connector is SIGSTOPped during a 128 MiB echo, once 4 MiB went through
+              the tunnel: the tunnel is ejected by the PING deadline, the user sees an error;
+              after SIGCONT the connector comes back and the next user is served.
+sigkill       The connector is SIGKILLed during a 128 MiB echo, once 4 MiB went through, and
+              started again: the user sees an error, the next user is served.
 """
 import json
 import os
@@ -188,12 +188,21 @@ def test_user_reset(env):
     run(env, body)
 
 
+def flowing(w, t):
+    """Waits (polling the proxy's live byte counts, not the relay's 1 s stats) until 4 MiB of the
+    transfer went through the tunnel: the signal then lands mid-transfer, whatever the speed."""
+    def moved():
+        st = w.t.stats()
+        return st["bytes_up"] + st["bytes_down"] > 4 * MiB or not t.is_alive()
+    h.wait_until(moved, 20, "the transfer is flowing through the tunnel", interval=0.002)
+    h.check(t.is_alive(), "the transfer is still in flight")
+
+
 def test_sigstop(env):
     def body(w):
         timeouts0 = env.counter("tunnel_ping_timeouts")
-        t, out = bulk_in_thread(w, 16 * MiB, 7)
-        h.wait_until(lambda: env.counter("bytes_backend_to_user") > 0 or not t.is_alive(), 10,
-                     "the transfer is flowing")
+        t, out = bulk_in_thread(w, 128 * MiB, 7)
+        flowing(w, t)
         os.kill(w.conn.pid, signal.SIGSTOP)
         try:
             expect_error(t, out, "connector SIGSTOPped mid-transfer")
@@ -207,9 +216,8 @@ def test_sigstop(env):
 
 def test_sigkill(env):
     def body(w):
-        t, out = bulk_in_thread(w, 16 * MiB, 8)
-        h.wait_until(lambda: env.counter("bytes_backend_to_user") > 0 or not t.is_alive(), 10,
-                     "the transfer is flowing")
+        t, out = bulk_in_thread(w, 128 * MiB, 8)
+        flowing(w, t)
         w.conn.stop(sig=signal.SIGKILL)
         expect_error(t, out, "connector SIGKILLed mid-transfer")
         w.conn = env.start_connector("c1")
