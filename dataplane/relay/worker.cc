@@ -156,6 +156,13 @@ private:
     // (a user that went quiet, or one that stopped reading); otherwise the timer is re-armed.
     void idle_check();
     void touch() { _last_active = _w->_now; }
+    // Reads resume once the session's undecrypted input is drained (or below the low mark).
+    void maybe_resume_recv(bool drained) {
+        if (_recv_paused && (drained || _tx.tls().buffered_input() < k_user_in_low)) {
+            _recv_paused = false;
+            _w->_loop->start_recv(_tx.id());
+        }
+    }
     void close_now(bool abort);
     // This user aborted (reset mid-exchange, failed or abandoned handshake): its source pays.
     void charge_abort() {
@@ -231,7 +238,7 @@ public:
     void pump_up();
     void pump_down();
     void user_eof_clean(); // the user finished after the response: close_notify, not a reset
-    void drop(bool abort); // the user's side ends the link (no more calls to the user)
+    void drop(); // the user's side ends the link with a reset (no more calls to the user)
     bool streaming() const { return _state == state::streaming; }
     const std::string& node() const { return _node; }
     std::size_t pos = 0; // index in worker::_links
@@ -609,9 +616,7 @@ void user_conn::start_stream() {
         }
         _state = state::streaming;
         if (_w->_cfg->peer_tls != nullptr && !snap.groups[app.group].peers.empty()) {
-            if (!forward()) {
-                // forward() refused the user (no peer could be reached).
-            }
+            (void)forward(); // false: it refused the user (no peer could be reached)
             return;
         }
         _w->_counters.add(relay_counter::streams_failed_no_connector);
@@ -682,17 +687,11 @@ std::size_t user_conn::pull(std::span<std::byte> dst) {
             _replay = _early.size();
         }
         _w->_counters.add(relay_counter::bytes_user_to_backend, *r);
-        if (_recv_paused && _tx.tls().buffered_input() < k_user_in_low) {
-            _recv_paused = false;
-            _w->_loop->start_recv(_tx.id());
-        }
+        maybe_resume_recv(false);
         return *r;
     }
     if (r.code() == errc::again) {
-        if (_recv_paused) {
-            _recv_paused = false;
-            _w->_loop->start_recv(_tx.id());
-        }
+        maybe_resume_recv(true);
         return 0;
     }
     if (r.code() == errc::closed) {
@@ -794,7 +793,7 @@ void user_conn::user_gone() {
             p->user_eof_clean();
         } else {
             _w->_counters.add(relay_counter::streams_user_aborted);
-            p->drop(true);
+            p->drop();
             charge_abort();
         }
     }
@@ -857,7 +856,7 @@ void user_conn::close_now(bool abort) {
     if (_p != nullptr) {
         peer_link* p = _p;
         _p = nullptr;
-        p->drop(true);
+        p->drop();
     }
     _w->_loop->close(_tx.id(), abort);
     _w->bury(this);
@@ -934,20 +933,14 @@ result<std::size_t> user_conn::read_user(std::span<std::byte> dst) {
     auto r = _tx.tls().read(dst);
     if (r) {
         _w->_counters.add(relay_counter::bytes_user_to_backend, *r);
-        if (_recv_paused && _tx.tls().buffered_input() < k_user_in_low) {
-            _recv_paused = false;
-            _w->_loop->start_recv(_tx.id());
-        }
+        maybe_resume_recv(false);
         return *r;
     }
     if (r.code() == errc::again) {
         if (_eof_from_user) {
             return error(errc::closed, "user finished");
         }
-        if (_recv_paused) {
-            _recv_paused = false;
-            _w->_loop->start_recv(_tx.id());
-        }
+        maybe_resume_recv(true);
         return std::size_t(0);
     }
     if (r.code() == errc::closed) {
@@ -1174,7 +1167,7 @@ void peer_link::user_eof_clean() {
     maybe_finish();
 }
 
-void peer_link::drop(bool) {
+void peer_link::drop() {
     _u = nullptr;
     if (_state != state::dead) {
         _state = state::dead;
