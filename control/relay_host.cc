@@ -388,7 +388,8 @@ std::string control_plane::metrics() {
     metrics_input in;
     in.counter_names = relay::relay_counter_names;
     in.counter_help = relay::relay_counter_help;
-    static constexpr std::string_view k_gauges[] = {"tunnels_up", "user_conns_open"};
+    static constexpr std::string_view k_gauges[] = {"tunnels_up", "user_conns_open",
+                                                     "user_buffered_bytes"};
     in.gauge_names = k_gauges;
     for (const auto& w : *_workers) {
         std::vector<uint64_t> v(std::size_t(relay::relay_counter::count_));

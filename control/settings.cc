@@ -393,7 +393,8 @@ bool load_table(const toml::table& root, const std::string& path, relay_settings
                      "config_refresh_ms", "open_retries", "io_coalesce_us", "source_open_rate",
                      "source_open_burst", "source_abort_rate", "source_abort_burst",
                      "max_user_connections", "source_max_connections", "idle_timeout_ms",
-                     "max_pending_opens", "max_tunnels_per_connector"},
+                     "max_pending_opens", "max_tunnels_per_connector",
+                     "user_buffer_budget_mb"},
                     why) ||
         !get_u32(*l, "limits", "max_frame", &lim.max_frame, 1024, 1u << 20, why) ||
         !get_u32(*l, "limits", "initial_window", &lim.initial_window, 1024, 0x7fffffff, why) ||
@@ -422,6 +423,11 @@ bool load_table(const toml::table& root, const std::string& path, relay_settings
                  why)) {
         return false;
     }
+    uint32_t budget_mb = uint32_t(lim.user_buffer_budget >> 20);
+    if (!get_u32(*l, "limits", "user_buffer_budget_mb", &budget_mb, 0, 1u << 20, why)) {
+        return false;
+    }
+    lim.user_buffer_budget = uint64_t(budget_mb) << 20;
     const toml::table* tt = root["tls"].as_table();
     if (!load_tls(tt != nullptr ? *tt : empty, s, why)) {
         return false;

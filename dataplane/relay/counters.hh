@@ -13,6 +13,10 @@ namespace apprelay::relay {
       "user connections reset at accept: the worker's share of max_user_connections is open")     \
     X(user_conns_refused_source,                                                                   \
       "user connections reset at accept: their source has source_max_connections open")          \
+    X(user_conns_refused_memory,                                                                   \
+      "user connections reset at accept: the worker holds user_buffer_budget_mb of user bytes")   \
+    X(user_buffered_bytes,                                                                         \
+      "gauge: bytes held for users (TLS output to them, their input not yet carried on)")         \
     X(streams_idle_timeout, "streams cut: no byte moved either way for idle_timeout_ms")          \
     X(user_aborts_charged, "user aborts charged to their source (resets, failed handshakes)")     \
     X(sources_tracked, "gauge: source addresses with budget state on this worker")                \

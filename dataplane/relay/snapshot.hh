@@ -96,6 +96,11 @@ struct relay_limits {
     // A stream on which no byte moved either way for this long is cut (RST both ways): idle
     // users and readers that stopped reading release their memory and descriptors.
     uint32_t idle_timeout_ms = 3'600'000;
+    // Bytes one worker may hold on behalf of users: TLS output queued towards them plus their
+    // input not yet carried to a tunnel or peer. Past it, new user connections are reset at
+    // accept; streams already open keep their windows (a few slow readers cannot make the relay
+    // grow without bound, and cannot starve the streams already flowing). 0 = off.
+    uint64_t user_buffer_budget = uint64_t(1024) << 20;
     // Completion coalescing (io::uring_loop::set_coalescing): a worker that woke for one event
     // waits up to this long for more before working, so one pass (one tunnel send) serves many
     // streams. 0 = off. Read when a worker starts and on every snapshot. Off by default: with the

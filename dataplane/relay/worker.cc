@@ -156,6 +156,21 @@ private:
     // (a user that went quiet, or one that stopped reading); otherwise the timer is re-armed.
     void idle_check();
     void touch() { _last_active = _w->_now; }
+    // [limits] user_buffer_budget_mb: what this connection holds on its user's behalf (TLS
+    // output towards the user, input not yet carried on) enters the worker's sum. Called on the
+    // way out of every event that moves bytes (held_update); a dead connection holds nothing.
+    void account() {
+        if (_state == state::dead) {
+            return;
+        }
+        const std::size_t now = _tx.queued() + _tx.tls().buffered_input() + _early.size();
+        _w->_user_buffered = _w->_user_buffered + now - _held;
+        _held = now;
+    }
+    struct held_update {
+        user_conn* u;
+        ~held_update() { u->account(); }
+    };
     // Reads resume once the session's undecrypted input is drained (or below the low mark).
     void maybe_resume_recv(bool drained) {
         if (_recv_paused && (drained || _tx.tls().buffered_input() < k_user_in_low)) {
@@ -194,6 +209,7 @@ private:
     source_key _src;
     bool _src_counted = false; // holds one of its source's source_max_connections
     uint64_t _last_active = 0; // a byte moved (received from or sent to the user)
+    std::size_t _held = 0;     // bytes in worker::_user_buffered on this connection's behalf
     state _state = state::handshaking;
     tunnel_conn* _t = nullptr;
     uint32_t _sid = 0;
@@ -461,6 +477,7 @@ void user_conn::on_recv(io::conn_id, std::span<const std::byte> data) {
     if (_state == state::dead || _state == state::closing) {
         return;
     }
+    held_update held{this};
     _tx.tls().feed(data);
     if (_state == state::handshaking) {
         handshake();
@@ -661,6 +678,7 @@ std::size_t user_conn::pull(std::span<std::byte> dst) {
     if (_state != state::streaming) {
         return 0;
     }
+    held_update held{this};
     if (_replay < _early.size()) { // a retried stream first gets what the failed one got
         std::size_t n = std::min(dst.size(), _early.size() - _replay);
         std::memcpy(dst.data(), _early.data() + _replay, n);
@@ -745,6 +763,7 @@ void user_conn::tunnel_data(std::span<const std::byte> bytes) {
     if (_state != state::streaming) {
         return;
     }
+    held_update held{this};
     auto r = _tx.tls().write(bytes);
     if (!r) {
         if (_t != nullptr) {
@@ -822,6 +841,7 @@ void user_conn::on_sent(io::conn_id, int res) {
         return;
     }
     _w->_counters.add(relay_counter::user_sends);
+    held_update held{this};
     if (!_tx.on_sent(res)) {
         user_gone();
         return;
@@ -848,6 +868,8 @@ void user_conn::close_now(bool abort) {
         return;
     }
     _state = state::dead;
+    _w->_user_buffered -= _held;
+    _held = 0;
     _w->_wheel->cancel(_timer);
     if (_src_counted) {
         _src_counted = false;
@@ -930,6 +952,7 @@ void user_conn::peer_failed(std::string_view, std::string_view) {
 }
 
 result<std::size_t> user_conn::read_user(std::span<std::byte> dst) {
+    held_update held{this};
     auto r = _tx.tls().read(dst);
     if (r) {
         _w->_counters.add(relay_counter::bytes_user_to_backend, *r);
@@ -957,6 +980,7 @@ void user_conn::peer_data(std::span<const std::byte> bytes) {
     if (_state != state::streaming) {
         return;
     }
+    held_update held{this};
     if (!_tx.tls().write(bytes)) {
         close_now(true);
         return;
@@ -1893,6 +1917,24 @@ void worker::on_user_accept(io::conn_id id, const sockaddr_storage& peer) {
         _loop->close(id, true);
         return;
     }
+    if (const uint64_t budget = snap().limits.user_buffer_budget;
+        budget != 0 && _user_buffered >= budget) {
+        // Slow readers (or a flood of uploads) hold the worker's budget of user bytes: no new
+        // user until they drain or go; the streams open keep their windows.
+        _counters.add(relay_counter::user_conns_refused_memory);
+        ++_budget_unlogged;
+        if (_budget_logged_ns == 0 || _now - _budget_logged_ns >= 1'000'000'000ull) {
+            log::warn("user_buffer_budget_full", {{"worker", _index},
+                                                  {"buffered", _user_buffered},
+                                                  {"user_buffer_budget", budget},
+                                                  {"refused_since_last_line", _budget_unlogged},
+                                                  {"source", source_key_text(src)}});
+            _budget_logged_ns = _now;
+            _budget_unlogged = 0;
+        }
+        _loop->close(id, true);
+        return;
+    }
     bool counted = false;
     if (auto v = _sources.admit(src, _now, &counted); v != source_budget::verdict::admit) {
         throttled(src, v);
@@ -2253,6 +2295,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
             _sources.sweep(_now);
             _counters.set(relay_counter::sources_tracked, _sources.tracked());
             _counters.set(relay_counter::sources_untracked, _sources.table_full());
+            _counters.set(relay_counter::user_buffered_bytes, _user_buffered);
         }
     }
     reap();

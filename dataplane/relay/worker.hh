@@ -185,6 +185,9 @@ private:
     uint64_t _full_logged_ns = 0;     // user_connections_full: at most once a second
     uint64_t _idle_logged_ns = 0;     // stream_idle_timeout: at most once a second
     uint64_t _idle_unlogged = 0;
+    uint64_t _user_buffered = 0;      // [limits] user_buffer_budget_mb: held for users
+    uint64_t _budget_logged_ns = 0;   // user_buffer_budget_full: at most once a second
+    uint64_t _budget_unlogged = 0;
     uint64_t _now = 0;
     uint64_t _rng = 0x9e3779b97f4a7c15ull; // xorshift state for tunnel choice, seeded per worker
 };

@@ -28,6 +28,14 @@ fd_cap        The relay runs under a descriptor limit of 768 (as with `prlimit -
               at accept (user_conns_refused_full, one user_connections_full warning a second at
               most), never an EMFILE: the tunnel stays up, the admin API answers, the open users
               still echo, and once they close new users are served.
+buffer_budget [limits] user_buffer_budget_mb = 8. A user echoing 256 KiB at a time is open
+              first. Then four slow readers each send 16 MiB of echo requests and read
+              nothing (64 KiB receive buffers, 16 MiB stream windows): the echoes pile up in the relay's TLS output
+              towards them until their windows are spent. Once the worker holds 8 MiB for users
+              (gauge user_buffered_bytes), a new user is reset at accept
+              (user_conns_refused_memory, one user_buffer_budget_full warning a second at most),
+              while the first user keeps echoing byte-exact. When the slow readers go, the gauge
+              falls back under 1 MiB and new users are served.
 """
 import os
 import resource
@@ -262,8 +270,64 @@ def test_fd_cap(env):
                  interval=0.3)
 
 
+def test_buffer_budget(env):
+    # Windows of 16 MiB: once stalled, each slow reader's echo sits mostly in the relay (the
+    # kernel's send buffer towards it takes at most tcp_wmem's 4 MiB).
+    world(env, {"user_buffer_budget_mb": 8, "initial_window": 16 << 20})
+    busy = tls_conn(env)
+    echo(busy, 256 * 1024, seed=1)
+    ctx = h.user_ssl_context(env.pki.path("users-ca.crt"))
+    slow = []
+    for i in range(4):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        raw.settimeout(5)
+        raw.connect(("127.0.0.1", env.user_port))
+        s = ctx.wrap_socket(raw, server_hostname=ECHO_SNI)
+        s.setblocking(False)
+        slow.append(s)
+    payload = h.pattern(16 << 20, seed=2)
+    sent = [0] * len(slow)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and min(sent) < len(payload):
+        moved = False
+        for i, s in enumerate(slow):
+            if sent[i] >= len(payload):
+                continue
+            try:
+                sent[i] += s.send(payload[sent[i]:sent[i] + 65536])
+                moved = True
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                pass
+        if not moved:
+            time.sleep(0.05)
+    h.log(f"slow readers sent {sent} bytes")
+    h.wait_until(lambda: env.counter("user_buffered_bytes") >= (8 << 20), 5,
+                 "the slow readers' echoes fill the budget")
+    time.sleep(1.2)  # one more gauge sample: the bytes stay held
+    held = env.counter("user_buffered_bytes")
+    h.check(held >= (8 << 20), f"the relay holds {held} bytes for the slow readers")
+    h.check(refused(env, "127.0.0.3"), "a new user is refused while the budget is spent")
+    h.wait_until(lambda: env.counter("user_conns_refused_memory") >= 1, 3,
+                 "user_conns_refused_memory counted")
+    for i in range(3):
+        echo(busy, 256 * 1024, seed=20 + i)  # the stream already open keeps its window
+    h.check(refused(env, "127.0.0.4"), "still refused: the slow readers still hold the bytes")
+    warns = g.events(env.relay.log_text(), "user_buffer_budget_full")
+    h.check(1 <= len(warns) <= 3, f"user_buffer_budget_full at most once a second: {len(warns)}")
+    for s in slow:
+        s.close()
+    h.wait_until(lambda: env.counter("user_buffered_bytes") < (1 << 20), 10,
+                 "the bytes held for the slow readers are released")
+    h.wait_until(lambda: not refused(env, "127.0.0.5"), 10, "new users are served again",
+                 interval=0.3)
+    echo(busy, 256 * 1024, seed=30)
+    h.check(env.counter("tunnels_up") == 1, "the tunnel stayed up")
+
+
 TESTS = {"idle": test_idle, "source_conns": test_source_conns,
-         "pending_opens": test_pending_opens, "tunnels": test_tunnels, "fd_cap": test_fd_cap}
+         "pending_opens": test_pending_opens, "tunnels": test_tunnels, "fd_cap": test_fd_cap,
+         "buffer_budget": test_buffer_budget}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(TESTS)

@@ -178,6 +178,13 @@ TEST_F(settings, user_edge_limits_have_defaults_and_bounds) {
         << "an idle timeout is never off";
     EXPECT_EQ(load("[relay]\n[limits]\nsource_max_connections = -1\n"),
               "limits.source_max_connections: expected an integer in 0..10000000");
+    EXPECT_EQ(s.limits.user_buffer_budget, uint64_t(1024) << 20) << "1 GiB per worker";
+    ASSERT_EQ(load("[relay]\nstate_dir = \"s\"\n[limits]\nuser_buffer_budget_mb = 8\n", &s), "");
+    EXPECT_EQ(s.limits.user_buffer_budget, uint64_t(8) << 20);
+    ASSERT_EQ(load("[relay]\nstate_dir = \"s\"\n[limits]\nuser_buffer_budget_mb = 0\n", &s), "");
+    EXPECT_EQ(s.limits.user_buffer_budget, 0u) << "0 = off";
+    EXPECT_EQ(load("[relay]\n[limits]\nuser_buffer_budget_mb = 2000000\n"),
+              "limits.user_buffer_budget_mb: expected an integer in 0..1048576");
 }
 
 TEST_F(settings, dpdk_backend_is_read_and_checked) {
