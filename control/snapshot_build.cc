@@ -152,6 +152,7 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
         e.name = a.name;
         e.hostname = a.hostname;
         e.listen_port = a.listen_port;
+        e.idle_timeout_ms = a.idle_timeout_ms;
         e.backend = a.backend_host.find(':') != std::string::npos
                         ? fmt::format("[{}]:{}", a.backend_host, a.backend_port)
                         : fmt::format("{}:{}", a.backend_host, a.backend_port);

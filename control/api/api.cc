@@ -155,7 +155,8 @@ json app_json(const app& a) {
                 {"backend", backend_of(a)},
                 {"group", a.group},
                 {"access", to_string(a.access)},
-                {"allowed_user_groups", a.allowed_user_groups}};
+                {"allowed_user_groups", a.allowed_user_groups},
+                {"idle_timeout_ms", a.idle_timeout_ms}};
 }
 
 // POST and PATCH apps share the fields; only POST names the app.
@@ -169,6 +170,7 @@ std::optional<app_fields> read_app_fields(body& b) {
     f.allowed_user_groups = b.strings("allowed_user_groups");
     f.cert_pem = b.str("cert_pem");
     f.key_pem = b.str("key_pem");
+    f.idle_timeout_ms = b.integer("idle_timeout_ms");
     if (b.problem) {
         return std::nullopt;
     }
@@ -530,7 +532,7 @@ http_response admin_api::route(const http_request& r, const live_view& live) {
         }
         if (m == "POST") {
             body b(r.body, {"name", "hostname", "listen_port", "backend", "group", "access",
-                            "allowed_user_groups", "cert_pem", "key_pem"});
+                            "allowed_user_groups", "cert_pem", "key_pem", "idle_timeout_ms"});
             std::string aname = b.required_str("name");
             if (!b.problem && !b.str("backend")) {
                 b.problem = "missing field 'backend'";
@@ -550,7 +552,7 @@ http_response admin_api::route(const http_request& r, const live_view& live) {
     if (kind == "apps" && item) {
         if (m == "PATCH") {
             body b(r.body, {"hostname", "listen_port", "backend", "group", "access",
-                            "allowed_user_groups", "cert_pem", "key_pem"});
+                            "allowed_user_groups", "cert_pem", "key_pem", "idle_timeout_ms"});
             auto f = read_app_fields(b);
             if (b.problem) {
                 return fail(400, *b.problem);

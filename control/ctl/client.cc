@@ -56,6 +56,9 @@ json app_body(const app_fields& f) {
     if (f.key_pem) {
         b["key_pem"] = *f.key_pem;
     }
+    if (f.idle_timeout_ms) {
+        b["idle_timeout_ms"] = *f.idle_timeout_ms;
+    }
     return b;
 }
 

@@ -62,6 +62,7 @@ struct app_fields {
     std::vector<std::string> allowed_user_groups; // sent when non-empty
     std::optional<std::string> cert_pem;
     std::optional<std::string> key_pem;
+    std::optional<int64_t> idle_timeout_ms; // 0 = the relay's [limits] idle_timeout_ms
 };
 api_call apps_list_call(std::string_view tenant);
 api_call app_create_call(std::string_view tenant, std::string_view name, const app_fields& f);

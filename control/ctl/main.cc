@@ -36,6 +36,7 @@ struct app_options {
     std::vector<std::string> allow_groups;
     std::string cert_file;
     std::string key_file;
+    int64_t idle_timeout_ms = -1; // -1 = not given
 };
 
 void add_app_options(CLI::App* sub, app_options& o, bool backend_required) {
@@ -53,6 +54,10 @@ void add_app_options(CLI::App* sub, app_options& o, bool backend_required) {
     auto* key = sub->add_option("--key", o.key_file, "server private key (PEM file)");
     cert->needs(key);
     key->needs(cert);
+    sub->add_option("--idle-timeout-ms", o.idle_timeout_ms,
+                    "cut this app's streams after this long with no byte moved (100-86400000; 0 = "
+                    "the relay's [limits] idle_timeout_ms)")
+        ->check(CLI::Range(int64_t(0), int64_t(86'400'000)));
 }
 
 std::optional<app_fields> to_fields(const app_options& o, std::string& usage_error) {
@@ -68,6 +73,9 @@ std::optional<app_fields> to_fields(const app_options& o, std::string& usage_err
     set(f.access, o.access);
     if (o.port != 0) {
         f.listen_port = o.port;
+    }
+    if (o.idle_timeout_ms >= 0) {
+        f.idle_timeout_ms = o.idle_timeout_ms;
     }
     f.allowed_user_groups = o.allow_groups;
     if (!o.cert_file.empty()) {

@@ -241,11 +241,17 @@ std::string format_connectors(const json& j, int64_t now_s) {
 std::string format_apps(const json& j) {
     std::vector<std::vector<std::string>> rows;
     for (const auto& a : list(j, "apps")) {
+        // 0 or absent: the relay's [limits] idle_timeout_ms.
+        const bool own_idle = a.is_object() && a.contains("idle_timeout_ms") &&
+                              a["idle_timeout_ms"].is_number_integer() &&
+                              a["idle_timeout_ms"].get<int64_t>() != 0;
         rows.push_back({cell(a, "name"), cell(a, "hostname"), cell(a, "listen_port"),
                         cell(a, "backend"), cell(a, "group"), cell(a, "access"),
-                        cell(a, "allowed_user_groups")});
+                        cell(a, "allowed_user_groups"),
+                        own_idle ? cell(a, "idle_timeout_ms") : "-"});
     }
-    return render_table({"NAME", "HOSTNAME", "PORT", "BACKEND", "GROUP", "ACCESS", "USER-GROUPS"},
+    return render_table({"NAME", "HOSTNAME", "PORT", "BACKEND", "GROUP", "ACCESS", "USER-GROUPS",
+                         "IDLE-TIMEOUT-MS"},
                         rows);
 }
 

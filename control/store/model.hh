@@ -72,6 +72,7 @@ struct app {
     std::string cert_pem;
     std::string key_pem;
     bool cert_issued = false; // issued by the tenant CA (re-issued when the hostname changes)
+    uint32_t idle_timeout_ms = 0; // the app's own idle-stream limit; 0 = [limits] idle_timeout_ms
 };
 
 struct token_info {

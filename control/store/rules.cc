@@ -207,6 +207,15 @@ std::optional<store_error> apply_app_fields(app& a, const app_fields& f, bool cr
     if (f.allowed_user_groups) {
         a.allowed_user_groups = *f.allowed_user_groups;
     }
+    if (f.idle_timeout_ms) {
+        // Same bounds as [limits] idle_timeout_ms; 0 = the relay's.
+        if (*f.idle_timeout_ms != 0 && (*f.idle_timeout_ms < 100 || *f.idle_timeout_ms > 86'400'000)) {
+            return err(kind::invalid, "idle_timeout_ms " + std::to_string(*f.idle_timeout_ms) +
+                                          " for " + what +
+                                          " is out of range: 0 (the relay's) or 100-86400000");
+        }
+        a.idle_timeout_ms = static_cast<uint32_t>(*f.idle_timeout_ms);
+    }
     if (a.hostname.empty() && a.listen_port == 0) {
         return err(kind::invalid, what + " needs a hostname or a listen_port");
     }

@@ -51,6 +51,10 @@ CREATE TABLE revoked (fingerprint TEXT PRIMARY KEY, revoked_at INTEGER NOT NULL)
 ALTER TABLE apps ADD COLUMN cert_issued INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX connectors_status_last_seen ON connectors (status, last_seen);
 )sql",
+    // 3: an app may carry its own idle-stream limit (0 = the relay's [limits] idle_timeout_ms).
+    R"sql(
+ALTER TABLE apps ADD COLUMN idle_timeout_ms INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 
 struct sql_failure {
@@ -712,7 +716,8 @@ store_result<changed<std::vector<std::string>>> sqlite_store::purge_inactive(int
 
 #define APPRELAY_APP_COLUMNS                                                                       \
     "SELECT a.id, a.tenant, a.name, a.hostname, a.listen_port, a.backend_host, a.backend_port, "   \
-    "g.name, a.access, a.allowed_user_groups, a.cert_pem, a.key_pem, a.cert_issued "               \
+    "g.name, a.access, a.allowed_user_groups, a.cert_pem, a.key_pem, a.cert_issued, "              \
+    "a.idle_timeout_ms "                                                                           \
     "FROM apps a JOIN groups g ON g.id = a.group_id "
 
 std::vector<app> sqlite_store::select_apps(const char* sql, const std::string& arg) {
@@ -735,6 +740,7 @@ std::vector<app> sqlite_store::select_apps(const char* sql, const std::string& a
         a.cert_pem = q.text(10);
         a.key_pem = q.text(11);
         a.cert_issued = q.i64(12) != 0;
+        a.idle_timeout_ms = static_cast<uint32_t>(q.i64(13));
         out.push_back(std::move(a));
     }
     return out;
@@ -839,17 +845,20 @@ store_result<changed<app>> sqlite_store::save_app(const std::string& tenant,
         if (create) {
             query("INSERT INTO apps (tenant, name, hostname, listen_port, backend_host, "
                   "backend_port, group_id, access, allowed_user_groups, cert_pem, key_pem, "
-                  "cert_issued) VALUES (?, ?, NULLIF(?, ''), NULLIF(?, 0), ?, ?, ?, ?, ?, ?, ?, ?)")
+                  "cert_issued, idle_timeout_ms) "
+                  "VALUES (?, ?, NULLIF(?, ''), NULLIF(?, 0), ?, ?, ?, ?, ?, ?, ?, ?, ?)")
                 .bind(a.tenant, a.name, a.hostname, a.listen_port, a.backend_host, a.backend_port,
-                      gid.value(), access, groups, a.cert_pem, a.key_pem, a.cert_issued ? 1 : 0)
+                      gid.value(), access, groups, a.cert_pem, a.key_pem, a.cert_issued ? 1 : 0,
+                      a.idle_timeout_ms)
                 .run();
         } else {
             query("UPDATE apps SET hostname = NULLIF(?, ''), listen_port = NULLIF(?, 0), "
                   "backend_host = ?, backend_port = ?, group_id = ?, access = ?, "
-                  "allowed_user_groups = ?, cert_pem = ?, key_pem = ?, cert_issued = ? "
-                  "WHERE id = ?")
+                  "allowed_user_groups = ?, cert_pem = ?, key_pem = ?, cert_issued = ?, "
+                  "idle_timeout_ms = ? WHERE id = ?")
                 .bind(a.hostname, a.listen_port, a.backend_host, a.backend_port, gid.value(),
-                      access, groups, a.cert_pem, a.key_pem, a.cert_issued ? 1 : 0, id)
+                      access, groups, a.cert_pem, a.key_pem, a.cert_issued ? 1 : 0,
+                      a.idle_timeout_ms, id)
                 .run();
         }
         return a;

@@ -98,6 +98,7 @@ struct app_fields {
     std::optional<std::vector<std::string>> allowed_user_groups;
     std::optional<std::string> cert_pem; // with key_pem: uploaded certificate (both or neither)
     std::optional<std::string> key_pem;
+    std::optional<int64_t> idle_timeout_ms; // 0 = the relay's [limits] idle_timeout_ms
 };
 
 struct new_token {

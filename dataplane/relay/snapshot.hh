@@ -60,6 +60,7 @@ struct app_entry {
     uint16_t listen_port = 0;
     bool user_cert_required = false;              // access: user-cert (else passthrough)
     std::vector<std::string> allowed_user_groups; // subject OU values of the user certificate
+    uint32_t idle_timeout_ms = 0; // the app's own idle-stream limit; 0 = limits.idle_timeout_ms
 };
 
 struct relay_limits {

@@ -210,6 +210,7 @@ private:
     bool _src_counted = false; // holds one of its source's source_max_connections
     uint64_t _last_active = 0; // a byte moved (received from or sent to the user)
     std::size_t _held = 0;     // bytes in worker::_user_buffered on this connection's behalf
+    uint32_t _idle_ms = 0;     // the app's idle_timeout_ms; 0 = [limits] idle_timeout_ms
     state _state = state::handshaking;
     tunnel_conn* _t = nullptr;
     uint32_t _sid = 0;
@@ -602,6 +603,10 @@ void user_conn::start_stream() {
     }
     const app_entry& app = snap.apps[found->second];
     _app_host = found->first;
+    _idle_ms = app.idle_timeout_ms; // the app's own limit, taken when its stream starts
+    if (_idle_ms != 0) {
+        _w->_wheel->schedule(_timer, _w->ms_from_now(_idle_ms));
+    }
     // Authorization stays on the user's relay: a forwarded stream was allowed there.
     if (!_peer_in && app.user_cert_required && !user_allowed(app)) {
         _w->_counters.add(relay_counter::streams_failed_not_allowed);
@@ -886,13 +891,14 @@ void user_conn::close_now(bool abort) {
 
 
 void user_conn::idle_check() {
-    const uint64_t idle_ns = uint64_t(_w->snap().limits.idle_timeout_ms) * 1'000'000ull;
+    const uint64_t idle_ns =
+        uint64_t(_idle_ms != 0 ? _idle_ms : _w->snap().limits.idle_timeout_ms) * 1'000'000ull;
     if (_w->_now - _last_active < idle_ns) {
         _w->_wheel->schedule(_timer, _last_active + idle_ns);
         return;
     }
     _w->_counters.add(relay_counter::streams_idle_timeout);
-    _w->idle_cut(_app_host);
+    _w->idle_cut(_app_host, idle_ns / 1'000'000);
     if (_t != nullptr) {
         _t->forget_stream(_sid, true); // RST: the backend must not take it for a clean end
         _t = nullptr;
@@ -1949,14 +1955,14 @@ void worker::on_user_accept(io::conn_id id, const sockaddr_storage& peer) {
     _loop->start_recv(id);
 }
 
-void worker::idle_cut(std::string_view app) {
+void worker::idle_cut(std::string_view app, uint64_t idle_ms) {
     ++_idle_unlogged;
     if (_idle_logged_ns != 0 && _now - _idle_logged_ns < 1'000'000'000ull) {
         return;
     }
     log::info("stream_idle_timeout", {{"worker", _index},
                                       {"app", app},
-                                      {"idle_timeout_ms", snap().limits.idle_timeout_ms},
+                                      {"idle_timeout_ms", idle_ms},
                                       {"cut_since_last_line", _idle_unlogged}});
     _idle_logged_ns = _now;
     _idle_unlogged = 0;

@@ -98,7 +98,7 @@ private:
     void apply_source_limits();
     void throttled(const source_key& k, source_budget::verdict v);
     // A stream cut at the idle limit: logged at most once a second, with the count since.
-    void idle_cut(std::string_view app);
+    void idle_cut(std::string_view app, uint64_t idle_ms);
     void on_tunnel_accept(io::conn_id id);
     // [limits] io_coalesce_us, where the backend has completion coalescing (uring).
     void apply_coalescing();

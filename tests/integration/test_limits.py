@@ -28,6 +28,11 @@ fd_cap        The relay runs under a descriptor limit of 768 (as with `prlimit -
               at accept (user_conns_refused_full, one user_connections_full warning a second at
               most), never an EMFILE: the tunnel stays up, the admin API answers, the open users
               still echo, and once they close new users are served.
+idle_app      An app's own idle limit (apprelayctl apps create --idle-timeout-ms 1500) under the
+              relay's default of 1 h: a quiet user of that app is cut within 1.5 s + 1.5 s (the
+              log line names the app and 1500), a quiet user of the other app is not, nor is a
+              user of the app echoing every 200 ms. apps list shows it; 50 ms is refused by the
+              API with the accepted range, and the app keeps 1500.
 buffer_budget [limits] user_buffer_budget_mb = 8. A user echoing 256 KiB at a time is open
               first. Then four slow readers each send 16 MiB of echo requests and read
               nothing (64 KiB receive buffers, 16 MiB stream windows): the echoes pile up in the relay's TLS output
@@ -37,6 +42,7 @@ buffer_budget [limits] user_buffer_budget_mb = 8. A user echoing 256 KiB at a ti
               while the first user keeps echoing byte-exact. When the slow readers go, the gauge
               falls back under 1 MiB and new users are served.
 """
+import json
 import os
 import resource
 import signal
@@ -54,6 +60,7 @@ ECHO_SNI = "echo.contoso.test"
 
 def world(env, limits, fd_limit=None):
     _, echo_port = env.start_backend("echo")
+    env.echo_port = echo_port
     topo = h.make_world(env.pki, [("echo", ECHO_SNI, f"127.0.0.1:{echo_port}")],
                         connectors=("c1",), workers=1, with_fabrikam=False)
     topo.limits.update(limits)
@@ -66,13 +73,13 @@ def world(env, limits, fd_limit=None):
     return conn
 
 
-def tls_conn(env, source="127.0.0.1", timeout=5.0):
-    """A blocking TLS connection to the echo app from `source` (handshake done)."""
+def tls_conn(env, source="127.0.0.1", timeout=5.0, sni=ECHO_SNI):
+    """A blocking TLS connection to the echo app (or `sni`) from `source` (handshake done)."""
     ctx = h.user_ssl_context(env.pki.path("users-ca.crt"))
     raw = socket.create_connection(("127.0.0.1", env.user_port), timeout=timeout,
                                    source_address=(source, 0))
     try:
-        return ctx.wrap_socket(raw, server_hostname=ECHO_SNI)
+        return ctx.wrap_socket(raw, server_hostname=sni)
     except BaseException:
         raw.close()
         raise
@@ -270,6 +277,58 @@ def test_fd_cap(env):
                  interval=0.3)
 
 
+def test_idle_app(env):
+    world(env, {})
+    sni2 = "echo2.contoso.test"
+    crt, key = env.pki.leaf("app-echo2", "users-ca", sni2, dns=[sni2], usage="serverAuth")
+    env.ctl("apps", "create", "echo2", "--backend", f"127.0.0.1:{env.echo_port}",
+            "--hostname", sni2, "--cert", env.pki.path(crt), "--key", env.pki.path(key),
+            "--idle-timeout-ms", "1500")
+
+    def served():
+        try:
+            s = tls_conn(env, sni=sni2)
+        except (OSError, ssl.SSLError):
+            return False
+        try:
+            echo(s, 64)
+            return True
+        except (OSError, ssl.SSLError, h.TestFailure):
+            return False
+        finally:
+            s.close()
+    h.wait_until(served, 10, "the new app is served", interval=0.2)
+    apps = {a["name"]: a for a in json.loads(env.ctl("apps", "list", json_out=True)[1])["apps"]}
+    h.check(apps["echo2"]["idle_timeout_ms"] == 1500 and apps["echo"]["idle_timeout_ms"] == 0,
+            f"apps list shows the app's own limit: {apps['echo2']['idle_timeout_ms']}, "
+            f"{apps['echo']['idle_timeout_ms']}")
+    rc, out, err = env.ctl("apps", "update", "echo2", "--idle-timeout-ms", "50", expect_rc=None)
+    h.check(rc != 0 and "100-86400000" in (err + out),
+            f"50 ms is refused with the accepted range (exit {rc}): {(err + out).strip()!r}")
+    mark = len(env.relay.log_text())
+    quiet2 = tls_conn(env, sni=sni2)
+    echo(quiet2, 1024, seed=1)
+    quiet1 = tls_conn(env)
+    echo(quiet1, 1024, seed=2)
+    busy2 = tls_conn(env, sni=sni2)
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 3.5:  # never idle: one echo every 200 ms
+        echo(busy2, 16 * 1024, seed=10 + i)
+        i += 1
+        time.sleep(0.2)
+    h.check(is_closed(quiet2, 0.5), "the quiet user of the app with 1500 ms was cut")
+    h.check(not is_closed(quiet1, 0.2), "the quiet user of the app with the relay's 1 h was not")
+    echo(quiet1, 1024, seed=3)
+    echo(busy2, 1024, seed=4)
+    h.check(env.counter("streams_idle_timeout") >= 1, "streams_idle_timeout counted")
+    lines = g.events(env.relay.log_text()[mark:], "stream_idle_timeout")
+    h.check(any(e.get("app") == sni2 and e.get("idle_timeout_ms") == "1500" for e in lines),
+            f"the log line names the app and its limit: {lines}")
+    quiet1.close()
+    busy2.close()
+
+
 def test_buffer_budget(env):
     # Windows of 16 MiB: once stalled, each slow reader's echo sits mostly in the relay (the
     # kernel's send buffer towards it takes at most tcp_wmem's 4 MiB).
@@ -327,7 +386,7 @@ def test_buffer_budget(env):
 
 TESTS = {"idle": test_idle, "source_conns": test_source_conns,
          "pending_opens": test_pending_opens, "tunnels": test_tunnels, "fd_cap": test_fd_cap,
-         "buffer_budget": test_buffer_budget}
+         "buffer_budget": test_buffer_budget, "idle_app": test_idle_app}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(TESTS)

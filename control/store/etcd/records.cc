@@ -99,6 +99,14 @@ bool decode_app(const json& j, app_rec* r) {
     if (access != "passthrough" && access != "user-cert") {
         return false;
     }
+    // Optional: records written before apps had their own idle limit have none (the relay's).
+    if (j.contains("idle_timeout_ms")) {
+        int64_t idle = 0;
+        if (!i64(j, "idle_timeout_ms", &idle, 0, 86'400'000) || (idle != 0 && idle < 100)) {
+            return false;
+        }
+        a.idle_timeout_ms = static_cast<uint32_t>(idle);
+    }
     a.access = access == "user-cert" ? access_mode::user_cert : access_mode::passthrough;
     a.listen_port = static_cast<uint16_t>(port);
     a.backend_port = static_cast<uint16_t>(backend_port);
@@ -448,7 +456,7 @@ std::string encode(const connector_rec& r) {
 
 std::string encode(const app_rec& r) {
     const app& a = r.a;
-    return json{{"group_id", r.group_id},
+    json j{{"group_id", r.group_id},
                 {"hostname", a.hostname},
                 {"port", a.listen_port},
                 {"backend_host", a.backend_host},
@@ -457,8 +465,11 @@ std::string encode(const app_rec& r) {
                 {"user_groups", a.allowed_user_groups},
                 {"cert", a.cert_pem},
                 {"key", a.key_pem},
-                {"cert_issued", a.cert_issued}}
-        .dump();
+                {"cert_issued", a.cert_issued}};
+    if (a.idle_timeout_ms != 0) {
+        j["idle_timeout_ms"] = a.idle_timeout_ms;
+    }
+    return j.dump();
 }
 
 std::string encode(const token_rec& t) {

@@ -47,11 +47,16 @@ TEST(ctl_output, groups_apps_tenants_and_tokens_tables) {
     json apps = json::parse(R"({"apps": [
         {"name": "wiki", "hostname": "wiki.example.com", "listen_port": null,
          "backend": "10.0.0.5:80", "group": "eu", "access": "user-cert",
-         "allowed_user_groups": ["staff", "ops"]}
+         "allowed_user_groups": ["staff", "ops"], "idle_timeout_ms": 0},
+        {"name": "chat", "hostname": "chat.example.com", "listen_port": null,
+         "backend": "10.0.0.6:80", "group": "eu", "access": "passthrough",
+         "allowed_user_groups": [], "idle_timeout_ms": 86400000}
     ]})");
     EXPECT_EQ(format_apps(apps),
-              "NAME  HOSTNAME          PORT  BACKEND      GROUP  ACCESS     USER-GROUPS\n"
-              "wiki  wiki.example.com  -     10.0.0.5:80  eu     user-cert  staff,ops\n");
+              "NAME  HOSTNAME          PORT  BACKEND      GROUP  ACCESS       USER-GROUPS  "
+              "IDLE-TIMEOUT-MS\n"
+              "wiki  wiki.example.com  -     10.0.0.5:80  eu     user-cert    staff,ops    -\n"
+              "chat  chat.example.com  -     10.0.0.6:80  eu     passthrough  -            86400000\n");
     json tenants = json::parse(R"({"tenants": [{"name": "default", "ca_fingerprint": "ab12"}]})");
     EXPECT_EQ(format_tenants(tenants), "NAME     CA-FINGERPRINT\n"
                                        "default  ab12\n");

@@ -293,6 +293,43 @@ TEST_P(store_test, app_rules_refuse_and_write_nothing) {
     EXPECT_FALSE(_s->get_tenant("fabrikam").ok());
 }
 
+TEST_P(store_test, app_idle_timeout_is_stored_loaded_and_bounded) {
+    auto f = web("hr.contoso.com");
+    f.idle_timeout_ms = 1500;
+    ASSERT_TRUE(_s->create_app("contoso", "hr", f, k_now).ok());
+    ASSERT_TRUE(_s->create_app("contoso", "wiki", web("wiki.contoso.com"), k_now).ok());
+    auto idle_of = [&](const std::string& name) {
+        const store_view view = _s->load().value();
+        for (const auto& a : view.apps) {
+            if (a.name == name) {
+                return int64_t(a.idle_timeout_ms);
+            }
+        }
+        return int64_t(-1);
+    };
+    EXPECT_EQ(idle_of("hr"), 1500);
+    EXPECT_EQ(idle_of("wiki"), 0) << "0 = the relay's [limits] idle_timeout_ms";
+    uint64_t v = version();
+    for (int64_t bad : {int64_t(1), int64_t(99), int64_t(86'400'001), int64_t(-5)}) {
+        app_fields u;
+        u.idle_timeout_ms = bad;
+        expect_error(_s->update_app("contoso", "hr", u).err(), kind::invalid,
+                     "idle_timeout_ms " + std::to_string(bad) +
+                         " for app 'hr' is out of range: 0 (the relay's) or 100-86400000");
+    }
+    EXPECT_EQ(version(), v) << "a refused update writes nothing";
+    EXPECT_EQ(idle_of("hr"), 1500);
+    app_fields other; // an update that does not name it keeps it
+    other.backend = "hr2:80";
+    ASSERT_TRUE(_s->update_app("contoso", "hr", other).ok());
+    EXPECT_EQ(idle_of("hr"), 1500);
+    app_fields clear;
+    clear.idle_timeout_ms = 0;
+    ASSERT_TRUE(_s->update_app("contoso", "hr", clear).ok());
+    EXPECT_EQ(idle_of("hr"), 0);
+    EXPECT_GT(version(), v);
+}
+
 TEST_P(store_test, issued_app_certificate_is_reissued_when_the_hostname_changes) {
     auto a = _s->create_app("contoso", "hr", web("hr.contoso.com"), k_now);
     ASSERT_TRUE(a.ok());
