@@ -25,6 +25,13 @@ sigstop       The connector is SIGSTOPped during a 128 MiB echo, once 4 MiB went
               after SIGCONT the connector comes back and the next user is served.
 sigkill       The connector is SIGKILLed during a 128 MiB echo, once 4 MiB went through, and
               started again: the user sees an error, the next user is served.
+relay_sigstop The RELAY is SIGSTOPped for 2 s during a 64 MiB and a 32 MiB echo, once 4 MiB went
+              through the tunnel, then SIGCONTed. Longer than the connector's silence limit
+              (3 PING intervals = 1.5 s) and as long as the relay's PING deadline (2 s): the
+              tunnel may be dropped by either side, or survive. Whatever happened, each stream
+              completes byte-exact or ends with an error the user sees (never a short or corrupt
+              clean end); the relay lives on, a tunnel is up again and the next users are served
+              (64 KiB, then 4 MiB byte-exact).
 """
 import json
 import os
@@ -225,9 +232,49 @@ def test_sigkill(env):
     run(env, body)
 
 
+def test_relay_sigstop(env):
+    def body(w):
+        relay = env.relay
+        rlog, clog = len(relay.log_text()), len(w.conn.log_text())
+        timeouts0 = env.counter("tunnel_ping_timeouts")
+        t, out = bulk_in_thread(w, 64 * MiB, 9)
+        t2, out2 = bulk_in_thread(w, 32 * MiB, 10)
+        flowing(w, t)
+        h.check(t2.is_alive(), "the second transfer is in flight too")
+        os.kill(relay.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            time.sleep(2.0)
+            h.check(t.is_alive() and t2.is_alive(), "both transfers wait while the relay is "
+                                                    "stopped")
+        finally:
+            os.kill(relay.pid, signal.SIGCONT)
+        h.log(f"relay SIGSTOPped for {time.monotonic() - t0:.2f}s, then SIGCONT")
+        for th, res, what in ((t, out, "64 MiB echo"), (t2, out2, "32 MiB echo")):
+            th.join(timeout=90)
+            h.check(not th.is_alive(), f"{what}: the transfer ended")
+            outcome, why = res.get("r", ("missing", None))
+            h.check(outcome != "CORRUPT", f"{what}: never a short or corrupt clean end ({why})")
+            h.check(outcome in ("ok", "error"),
+                    f"{what}: byte-exact, or an error the user sees ({outcome}: {why})")
+        h.check(relay.alive(), "the relay lives on after SIGCONT")
+        env.wait_tunnels(1)
+        w.served_again("the relay's SIGCONT")
+        outcome, why = w.echo(4 * MiB, 11)
+        h.check(outcome == "ok", f"a new 4 MiB echo after the relay's stop is byte-exact: {why}")
+        # What happened to the tunnel (informational: any of these is correct).
+        rdown = [e.get("reason") for e in g.events(relay.log_text()[rlog:], "tunnel_down")]
+        cdown = g.events(w.conn.log_text()[clog:], "tunnel_down")
+        h.log(f"relay tunnel_down: {rdown}; tunnel_ping_timeouts "
+              f"{timeouts0} -> {env.counter('tunnel_ping_timeouts')}; connector tunnel_down: "
+              f"{[e.get('reason') for e in cdown]}; outcomes: {out.get('r')[0]}, "
+              f"{out2.get('r')[0]}")
+    run(env, body)
+
+
 TESTS = {"slice": test_slice, "delay": test_delay, "stall": test_stall,
          "truncate": test_truncate, "reset": test_reset, "user_reset": test_user_reset,
-         "sigstop": test_sigstop, "sigkill": test_sigkill}
+         "sigstop": test_sigstop, "sigkill": test_sigkill, "relay_sigstop": test_relay_sigstop}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(TESTS)
