@@ -413,6 +413,13 @@ std::string control_plane::metrics() {
         for (const auto& [k, n] : by) {
             in.connectors.push_back({std::get<0>(k), std::get<1>(k), std::get<2>(k), n});
         }
+        std::map<std::tuple<std::string, std::string, std::string>, uint64_t> versions;
+        for (const auto& c : view->connectors) {
+            versions[{c.tenant, c.group, c.version}] += 1;
+        }
+        for (const auto& [k, n] : versions) {
+            in.connector_versions.push_back({std::get<0>(k), std::get<1>(k), std::get<2>(k), n});
+        }
     }
     in.config_version = _version;
     in.uptime_s = uint64_t(unix_now() - _started);

@@ -240,6 +240,14 @@ std::string session::peer_root_fingerprint() const {
     return detail::sha256_hex(sk_X509_value(chain, sk_X509_num(chain) - 1));
 }
 
+std::string session::peer_certificate_problem() const {
+    if (_ssl == nullptr || SSL_get0_peer_certificate(as_ssl(_ssl)) == nullptr) {
+        return "no certificate";
+    }
+    const long verify = SSL_get_verify_result(as_ssl(_ssl));
+    return verify == X509_V_OK ? std::string() : X509_verify_cert_error_string(verify);
+}
+
 std::vector<std::string> session::peer_organizational_units() const {
     std::vector<std::string> out;
     if (_ssl == nullptr || SSL_get_verify_result(as_ssl(_ssl)) != X509_V_OK) {

@@ -105,6 +105,9 @@ public:
     // SHA-256 (64 hex) of the trust anchor the peer certificate verified against; empty if the
     // peer sent none or it did not verify.
     std::string peer_root_fingerprint() const;
+    // Why the peer has no verified certificate, for logs: "" (it has one), "no certificate", or
+    // the verify error ("certificate has expired", ...).
+    std::string peer_certificate_problem() const;
     // Subject OU values of the verified peer certificate (user groups); empty if none.
     std::vector<std::string> peer_organizational_units() const;
     // Human-readable reason of the last failure (OpenSSL error queue + verify result), for logs.

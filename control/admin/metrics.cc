@@ -100,6 +100,15 @@ std::string render_prometheus(const metrics_input& in) {
                    "\"",
                c.count);
     }
+    family_header(out, "apprelay_connector_versions",
+                  "registered connectors by tenant, group and reported version", "gauge");
+    for (const auto& c : in.connector_versions) {
+        sample(out, "apprelay_connector_versions",
+               "tenant=\"" + escape_label_value(c.tenant) + "\",group=\"" +
+                   escape_label_value(c.group) + "\",version=\"" +
+                   escape_label_value(c.version) + "\"",
+               c.count);
+    }
     family_header(out, "apprelay_config_version", "version of the published configuration",
                   "gauge");
     sample(out, "apprelay_config_version", {}, in.config_version);

@@ -17,6 +17,14 @@ struct connector_status_count {
     uint64_t count = 0;
 };
 
+// Registered connectors of one (tenant, group) reporting one version (the last HELLO's).
+struct connector_version_count {
+    std::string tenant;
+    std::string group;
+    std::string version;
+    uint64_t count = 0;
+};
+
 struct metrics_input {
     // Counter table (X-macro names and help texts, e.g. relay::relay_counter_names/_help).
     // Names are C++ identifiers by construction, hence valid Prometheus metric names.
@@ -27,13 +35,15 @@ struct metrics_input {
     // workers[w][i]: worker w's value of counter i.
     std::vector<std::vector<uint64_t>> workers;
     std::vector<connector_status_count> connectors;
+    std::vector<connector_version_count> connector_versions;
     uint64_t config_version = 0;
     uint64_t uptime_s = 0;
 };
 
 // Counters: `apprelay_<name>_total{worker="N"}` per worker plus `apprelay_<name>_total` (the
 // sum); gauges the same without `_total`. Then apprelay_connectors{tenant,group,status},
-// apprelay_config_version, apprelay_uptime_seconds.
+// apprelay_connector_versions{tenant,group,version}, apprelay_config_version,
+// apprelay_uptime_seconds.
 std::string render_prometheus(const metrics_input& in);
 
 // Label value escaping of the text format: backslash, double quote and newline.

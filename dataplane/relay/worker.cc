@@ -116,7 +116,8 @@ public:
     // connector of the group. False when the retry budget or the candidates are exhausted.
     bool retry(std::string_view failed_connector, std::string_view why);
     bool acked() const { return _acked; }
-    bool user_allowed(const app_entry& app) const;
+    // False with *why (for the log line) when the app's access rule refuses this user.
+    bool user_allowed(const app_entry& app, std::string* why) const;
     void tunnel_fin();
     void stream_closed();
     void abort(relay_counter why);
@@ -420,12 +421,16 @@ void user_conn::opened() {
     }
 }
 
-bool user_conn::user_allowed(const app_entry& app) const {
+bool user_conn::user_allowed(const app_entry& app, std::string* why) const {
     // A certificate verified against this app's tenant CA, carrying one of the allowed groups
     // (subject OU). A certificate from another tenant (another forest) never qualifies.
     const auto& tenant = _w->snap().tenants[app.tenant];
-    std::string root = _tx.tls().peer_root_fingerprint();
-    if (root.empty() || root != tenant.ca_fingerprint) {
+    if (std::string problem = _tx.tls().peer_certificate_problem(); !problem.empty()) {
+        *why = "user certificate: " + problem; // none, expired, not yet valid, unknown CA...
+        return false;
+    }
+    if (_tx.tls().peer_root_fingerprint() != tenant.ca_fingerprint) {
+        *why = "user certificate not issued by the app's tenant CA";
         return false;
     }
     for (const auto& ou : _tx.tls().peer_organizational_units()) {
@@ -435,6 +440,7 @@ bool user_conn::user_allowed(const app_entry& app) const {
             }
         }
     }
+    *why = "user not in an allowed group";
     return false;
 }
 
@@ -608,12 +614,13 @@ void user_conn::start_stream() {
         _w->_wheel->schedule(_timer, _w->ms_from_now(_idle_ms));
     }
     // Authorization stays on the user's relay: a forwarded stream was allowed there.
-    if (!_peer_in && app.user_cert_required && !user_allowed(app)) {
+    if (std::string why; !_peer_in && app.user_cert_required && !user_allowed(app, &why)) {
         _w->_counters.add(relay_counter::streams_failed_not_allowed);
         log::info("user_refused", {{"worker", _w->_index},
                                    {"app", app.name},
                                    {"user", _tx.tls().peer_common_name()},
-                                   {"reason", "not allowed"}});
+                                   {"reason", "not allowed"},
+                                   {"detail", why}});
         close_now(true);
         return;
     }
@@ -1417,8 +1424,17 @@ void tunnel_conn::after_handshake() {
              "certificate " + fp.substr(0, 16) + "... matches no registered connector");
         return;
     }
-    _connector = int32_t(it->second);
     const auto& c = snap.connectors[it->second];
+    // Second line of defence behind the fingerprint: the certificate must chain to the CA of the
+    // connector's own tenant (tenants are forests; a store row naming another tenant's
+    // certificate never makes a connector of this one).
+    if (_tx.tls().peer_root_fingerprint() != snap.tenants[c.tenant].ca_fingerprint) {
+        fail(relay_counter::tunnel_cert_rejected,
+             "certificate of connector " + c.id + " is not issued by tenant " +
+                 snap.tenants[c.tenant].name + "'s CA");
+        return;
+    }
+    _connector = int32_t(it->second);
     _group = c.group;
     _fingerprint = std::move(fp);
     _connector_id = c.id;

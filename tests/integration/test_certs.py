@@ -38,7 +38,10 @@ other_tenant   A certificate with c1's key, CN and O=contoso but signed by fabri
                on the tunnel listener, which trusts every tenant CA): tunnel_unknown_connector;
                fabrikam's own f1 certificate claiming c1's id in HELLO: tunnel_protocol_errors
                ("HELLO claims another connector id"); a CA no tenant configured:
-               tunnel_cert_rejected. (test_bad_inputs.py covers the last two as a sum.)
+               tunnel_cert_rejected. (test_bad_inputs.py covers the last two as a sum.) Last, the
+               store row of contoso's c2 is made to name a fabrikam-signed certificate: the
+               fingerprint matches, but the relay checks that the chain ends at the connector's
+               own tenant CA: tunnel_cert_rejected, "... is not issued by tenant contoso's CA".
 user_dates     App secure, access user-cert for group staff. A user certificate issued by
                `apprelayctl users issue` opens it, and so does a control copy re-signed with valid
                dates; copies re-signed expired and not yet valid are refused: no stream opened
@@ -46,8 +49,9 @@ user_dates     App secure, access user-cert for group staff. A user certificate 
                user_refused reason="not allowed", the user sees the connection end without any
                echoed byte. The user listener asks for certificates as optional (tls/context.hh:
                "a bad one does not fail the handshake", the app rule decides after it), so the
-               refusal comes after the handshake: today a TCP reset, no TLS alert (logged, not
-               asserted), and the log names neither the user nor the date error.
+               refusal comes after the handshake: a TCP reset, no TLS alert (logged, not
+               asserted); the log line's detail names the date error ("user certificate:
+               certificate has expired").
 """
 import hashlib
 import os
@@ -563,6 +567,24 @@ def test_other_tenant(env, w):
             "relay log: tunnel_down '...unable to get local issuer certificate'")
     h.check(env.counter("configs_sent") == cfg0, "configs_sent unchanged: no tunnel was set up")
     w.good_works("after the unconfigured CA")
+
+    # 4. The store itself names a fabrikam-signed certificate for contoso's c2 (a corrupted or
+    # tampered row): the fingerprint matches, but the chain does not end at contoso's CA, so
+    # the relay refuses it (the tenant-CA check behind the fingerprint).
+    c2_dir = os.path.join(env.dir, "conn-c2")
+    c2_crt, c2_key = os.path.join(c2_dir, "cert.pem"), os.path.join(c2_dir, "key.pem")
+    forged2 = resign(env, "c2-by-fabrikam", c2_crt, c2_key, fab_ca, now - 300, now + DAY)
+    register_cert(env, "c2", env.pki.path(forged2))
+    rej0 = env.counter("tunnel_cert_rejected")
+    mark = len(env.relay.log_text())
+    p = env.start_connector("c2", cert=forged2, key=c2_key, claim_id=env.connector_ids["c2"],
+                            name="c2-by-fabrikam", extra=FAST_REDIAL)
+    watch_refused(w, "c2", "tunnel_cert_rejected", rej0, 3.0, at_least=2)
+    p.stop()
+    h.check(relay_log_has(env, "event=tunnel_down", "is not issued by tenant contoso"),
+            "relay log: tunnel_down '... is not issued by tenant contoso's CA'")
+    h.check(env.counter("configs_sent") == cfg0, "configs_sent unchanged: no tunnel was set up")
+    w.good_works("after the store named a fabrikam-signed certificate for c2")
     w.finish()
 
 
@@ -641,6 +663,8 @@ def test_user_dates(env, w):
         refusals = g.events(new_log, "user_refused", app="secure")
         h.check(len(refusals) == 1 and refusals[0].get("reason") == "not allowed",
                 f"relay log names this refusal: {refusals}")
+        h.check(refusals[0].get("detail") == f"user certificate: {date_error}",
+                f"the log line says why: {refusals[0].get('detail')!r}")
         w.good_works(f"after the {which} user certificate")
     ok, why, _ = attempt("issued")
     h.check(ok, f"alice's issued certificate still opens app secure ({why})")

@@ -202,6 +202,7 @@ metrics_input relay_input() {
     in.connectors = {{"contoso", "Default", "active", 2},
                      {"contoso", "Default", "inactive", 1},
                      {"fab\"rik\\am\n", "eu-west", "active", 4}};
+    in.connector_versions = {{"contoso", "Default", "0.1.0", 2}, {"contoso", "Default", "0.2.0", 1}};
     in.config_version = 42;
     in.uptime_s = 3600;
     return in;
@@ -215,8 +216,8 @@ TEST(metrics, output_parses_as_text_format_0_0_4) {
     } catch (const std::string& why) {
         FAIL() << why << "\n" << text;
     }
-    // One family per counter plus connectors, config_version and uptime.
-    EXPECT_EQ(e.types.size(), static_cast<std::size_t>(relay::relay_counter::count_) + 3);
+    // One family per counter plus connectors, connector_versions, config_version and uptime.
+    EXPECT_EQ(e.types.size(), static_cast<std::size_t>(relay::relay_counter::count_) + 4);
     EXPECT_EQ(e.help.size(), e.types.size());
 }
 
@@ -262,6 +263,11 @@ TEST(metrics, connectors_config_version_and_uptime) {
              {{"tenant", "fab\"rik\\am\n"}, {"group", "eu-west"}, {"status", "active"}});
     ASSERT_TRUE(odd);
     EXPECT_EQ(odd->value, 4u);
+    EXPECT_EQ(e.types["apprelay_connector_versions"], "gauge");
+    const auto* older = find(e, "apprelay_connector_versions",
+                             {{"tenant", "contoso"}, {"group", "Default"}, {"version", "0.2.0"}});
+    ASSERT_TRUE(older);
+    EXPECT_EQ(older->value, 1u);
     const auto* version = find(e, "apprelay_config_version", {});
     ASSERT_TRUE(version);
     EXPECT_EQ(version->value, 42u);
