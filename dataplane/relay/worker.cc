@@ -29,6 +29,10 @@ constexpr std::size_t k_user_in_low = 64 * 1024;
 constexpr std::size_t k_user_out_low = 64 * 1024;
 // Longest idle wait when nothing is dirty and no timer is due sooner.
 constexpr uint64_t k_max_wait_ns = 50'000'000;
+// A loop pass that comes this long after the previous one means the worker itself did not run
+// (SIGSTOP, a frozen VM, the host swapping): silence from connectors during that time is not
+// theirs, so PING deadlines count from the resumption (worker::_resumed_ns).
+constexpr uint64_t k_stall_ns = 1'000'000'000;
 // Bytes a user sends before its stream is acknowledged are kept (up to this much) so that an OPEN
 // refused by one connector can be replayed on another (DESIGN.md: an OPEN that fails before any
 // byte reached the user is retried). Beyond it the user waits for OPEN_ACK.
@@ -1332,7 +1336,8 @@ void tunnel_conn::tick() {
     }
     // Liveness (RELIABILITY.md): a connector that stops answering is dead even if its TCP
     // connection looks open (SIGSTOP, half-open path); it gets no new streams from now on.
-    if (_w->_now - _last_rx > uint64_t(lim.ping_timeout_ms) * 1'000'000ull) {
+    if (_w->_now - std::max(_last_rx, _w->_resumed_ns) >
+        uint64_t(lim.ping_timeout_ms) * 1'000'000ull) {
         fail(relay_counter::tunnel_ping_timeouts, "missed PING deadline");
         return;
     }
@@ -1971,6 +1976,15 @@ void worker::on_user_accept(io::conn_id id, const sockaddr_storage& peer) {
     _loop->start_recv(id);
 }
 
+void worker::advance_clock() {
+    const uint64_t before = _now;
+    _now = mono_ns();
+    if (_now - before > k_stall_ns) {
+        _resumed_ns = _now;
+        log::warn("worker_stalled", {{"worker", _index}, {"ms", (_now - before) / 1'000'000}});
+    }
+}
+
 void worker::idle_cut(std::string_view app, uint64_t idle_ms) {
     ++_idle_unlogged;
     if (_idle_logged_ns != 0 && _now - _idle_logged_ns < 1'000'000'000ull) {
@@ -2270,7 +2284,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
     apply_source_limits();
     uint64_t drain_deadline = 0;
     for (;;) {
-        _now = mono_ns();
+        advance_clock();
         refresh_config();
         flush_events();
         if (stop.load(std::memory_order_relaxed) && !_draining) {
@@ -2300,7 +2314,7 @@ bool worker::run(const std::atomic<bool>& stop, std::string* why) {
         _loop->run_once(wait);
         reap();
         _counters.add(relay_counter::loop_iterations);
-        _now = mono_ns();
+        advance_clock();
         drain_handoffs();
         _wheel->advance(_now);
         if (_now - _trimmed_ns >= 5'000'000'000ull) {

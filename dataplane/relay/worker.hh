@@ -123,6 +123,9 @@ private:
     // A peer relay's connection on the tunnel listener (its certificate chains to the relay CA):
     // it becomes a forwarded user stream on this relay, after its header line.
     void peer_in(io::tls_transport&& tx);
+    // _now from the clock; a gap of more than k_stall_ns since the last reading means this
+    // worker did not run (SIGSTOP...): PING deadlines restart from here (_resumed_ns).
+    void advance_clock();
     uint64_t ms_from_now(uint32_t ms) const noexcept { return _now + uint64_t(ms) * 1'000'000ull; }
     const snapshot& snap() const noexcept { return *_cfg->snap; }
     void refresh_config();
@@ -189,6 +192,7 @@ private:
     uint64_t _budget_logged_ns = 0;   // user_buffer_budget_full: at most once a second
     uint64_t _budget_unlogged = 0;
     uint64_t _now = 0;
+    uint64_t _resumed_ns = 0; // the last pass after a stall of the worker itself (k_stall_ns)
     uint64_t _rng = 0x9e3779b97f4a7c15ull; // xorshift state for tunnel choice, seeded per worker
 };
 

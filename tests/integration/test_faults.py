@@ -31,7 +31,9 @@ relay_sigstop The RELAY is SIGSTOPped for 2 s during a 64 MiB and a 32 MiB echo,
               tunnel may be dropped by either side, or survive. Whatever happened, each stream
               completes byte-exact or ends with an error the user sees (never a short or corrupt
               clean end); the relay lives on, a tunnel is up again and the next users are served
-              (64 KiB, then 4 MiB byte-exact).
+              (64 KiB, then 4 MiB byte-exact). The relay does not charge its own stop to the
+              connector: tunnel_ping_timeouts unchanged, a worker_stalled warning instead (PING
+              deadlines restart when a worker resumes after more than 1 s).
 """
 import json
 import os
@@ -269,6 +271,12 @@ def test_relay_sigstop(env):
               f"{timeouts0} -> {env.counter('tunnel_ping_timeouts')}; connector tunnel_down: "
               f"{[e.get('reason') for e in cdown]}; outcomes: {out.get('r')[0]}, "
               f"{out2.get('r')[0]}")
+        # The relay's own stop is not the connector's silence: no PING deadline is charged to
+        # it, and the worker says it stalled.
+        h.check(env.counter("tunnel_ping_timeouts") == timeouts0,
+                "the relay did not blame the connector for its own stop (tunnel_ping_timeouts)")
+        h.check(g.events(relay.log_text()[rlog:], "worker_stalled"),
+                "the relay logged worker_stalled after SIGCONT")
     run(env, body)
 
 
