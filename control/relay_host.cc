@@ -5,6 +5,8 @@
 #include "control/api/api.hh"
 #include "control/dpdk_backend.hh"
 #include "control/enroll/server.hh"
+#include "control/notify.hh"
+#include "control/reload.hh"
 #include "control/settings.hh"
 #include "control/snapshot_build.hh"
 #include "control/store/etcd/etcd_store.hh"
@@ -211,6 +213,7 @@ std::string store_metrics(const store_health& h) {
 // Live tunnels per connector id and the version each reported, from the workers' events.
 struct connector_live {
     uint32_t tunnels = 0;
+    uint32_t draining = 0; // tunnels open after the connector's GOAWAY, streams finishing
     std::string version;
 };
 
@@ -230,6 +233,12 @@ public:
     http_response handle(const http_request& r);
     void tick(); // one control loop iteration (admin requests, events, snapshot, status)
     bool drain_requested() { return _store->drain_requested(); }
+    // The settings' limits changed (SIGHUP): publish a snapshot with them even though the store
+    // did not change; until a publish succeeds, every sync tries again.
+    void republish() {
+        _republish = true;
+        sync_snapshot();
+    }
     void mark_draining() { _store->set_draining(true); }
     void finish();
 
@@ -253,6 +262,7 @@ private:
     uint64_t _version;
     uint64_t _fleet_epoch = 0;
     bool _stale = false;
+    bool _republish = false;
     int64_t _started;
     int64_t _next_seen = 0;
     int64_t _next_purge = 0;
@@ -266,6 +276,10 @@ http_response control_plane::handle(const http_request& r) {
     live.tunnels_of = [this](const std::string& id) -> uint32_t {
         auto it = _live.find(id);
         return it == _live.end() ? 0 : it->second.tunnels;
+    };
+    live.draining_of = [this](const std::string& id) -> uint32_t {
+        auto it = _live.find(id);
+        return it == _live.end() ? 0 : it->second.draining;
     };
     nlohmann::json st = _status;
     st["config_version"] = _version;
@@ -293,6 +307,14 @@ void control_plane::drain_events() {
         relay::tunnel_event e;
         while (w->events().try_pop(e)) {
             auto& c = _live[e.connector_id];
+            if (e.what == relay::tunnel_event::kind::draining) {
+                ++c.draining;
+                continue;
+            }
+            if (e.what == relay::tunnel_event::kind::drained) {
+                c.draining -= c.draining > 0 ? 1 : 0;
+                continue;
+            }
             if (e.what == relay::tunnel_event::kind::up) {
                 if (c.tunnels++ == 0) {
                     // First tunnel: the connector answers PINGs end to end from now on.
@@ -324,7 +346,7 @@ void control_plane::sync_snapshot() {
         return;
     }
     const uint64_t epoch = _store->fleet_epoch();
-    if (v.value() == _version && epoch == _fleet_epoch) {
+    if (v.value() == _version && epoch == _fleet_epoch && !_republish) {
         return;
     }
     const auto t0 = std::chrono::steady_clock::now();
@@ -347,6 +369,7 @@ void control_plane::sync_snapshot() {
             _version = view->config_version;
             _fleet_epoch = epoch;
             _stale = false;
+            _republish = false;
             const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
                                 std::chrono::steady_clock::now() - t0)
                                 .count();
@@ -593,9 +616,46 @@ void apply_fd_budget(relay::relay_limits* lim) {
               {{"max_user_connections", lim->max_user_connections}, {"fd_limit", fds}});
 }
 
+// SIGHUP (ExecReload): re-read the file and take what the running relay can take
+// (control/reload.hh). `file` is the settings as last loaded from the file and becomes the new
+// file with the live changes taken; `running` is what the control thread builds snapshots from.
+// A file that does not load changes nothing: the relay keeps its settings and says why.
+void reload_settings(const std::string& path, relay_settings* file, relay_settings* running,
+                     control_plane* cp) {
+    notify::reloading("reloading " + path);
+    relay_settings next;
+    std::string why;
+    if (!load_settings(path, &next, &why)) {
+        log::error("settings_reload_failed",
+                   {{"file", path}, {"reason", why}, {"kept", "the running settings"}});
+        notify::ready("reload failed, running on the previous settings: " + why);
+        return;
+    }
+    const reload_plan plan = plan_reload(*file, next);
+    if (!plan.live.empty()) {
+        file->limits = plan.limits;
+        running->limits = plan.limits;
+        apply_fd_budget(&running->limits);
+        cp->republish();
+    }
+    const std::string applied = describe(plan.live);
+    const std::string restart = describe(plan.restart);
+    log::info("settings_reloaded",
+              {{"file", path}, {"applied", applied}, {"restart_needed", restart}});
+    if (!plan.restart.empty()) {
+        log::warn("settings_need_restart",
+                  {{"file", path}, {"keys", restart}, {"reason", "bound at start"}});
+    }
+    notify::ready(
+        plan.restart.empty()
+            ? fmt::format("running; reloaded {} ({} change(s) applied)", path, plan.live.size())
+            : fmt::format("running; reloaded {} ({} applied, {} need a restart: {})", path,
+                          plan.live.size(), plan.restart.size(), restart));
+}
+
 } // namespace
 
-int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
+int run_relay(const relay_options& opts, relay_signals& signals) {
     log::set_component("relay");
     std::string why;
     relay_settings settings;
@@ -603,6 +663,7 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
         log::error("config_invalid", {{"file", opts.config_path}, {"reason", why}});
         return 2;
     }
+    relay_settings file_settings = settings; // what SIGHUP compares a re-read file with
     apply_fd_budget(&settings.limits);
     const auto cpus = core::available_cpus();
     std::string spec = !opts.core_map.empty() ? opts.core_map : settings.core_map;
@@ -798,6 +859,7 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
     ho.socket_path = settings.admin_socket;
     ho.tcp_listen = settings.admin_listen;
     ho.tcp_token = settings.admin_token;
+    ho.open_get_paths = {"/"}; // the status page: its data requests carry the token
     auto admin = http_server::create(ho, [&cp](const http_request& r) { return cp.handle(r); });
     if (!admin) {
         log::error("admin_failed", {{"reason", admin.error}});
@@ -856,17 +918,25 @@ int run_relay(const relay_options& opts, const std::atomic<bool>& stop) {
                             {"workers", n}};
         write_atomically(opts.ready_file, r.dump());
     }
+    notify::ready(fmt::format("running: user port {}, tunnel port {}, enroll port {}, {} worker(s)",
+                              user_port, tunnel_port, enroll_port, n));
     bool drain_asked = false;
-    while (!stop.load() && failed.load() == 0) {
+    while (!signals.stop.load() && failed.load() == 0) {
         cp.tick();
+        if (signals.reload.exchange(false)) {
+            reload_settings(opts.config_path, &file_settings, &settings, &cp);
+        }
         if (cp.drain_requested()) {
             drain_asked = true; // `apprelayctl relays drain NODE`, taken by any relay
             break;
         }
     }
-    log::info("stopping", {{"reason", failed.load() ? "worker failed"
-                                      : drain_asked   ? "drain requested"
-                                                      : "signal"}});
+    const char* stop_reason = failed.load() ? "worker failed"
+                              : drain_asked ? "drain requested"
+                                            : "signal";
+    log::info("stopping", {{"reason", stop_reason}});
+    notify::stopping(fmt::format("draining ({}), at most {} ms", stop_reason,
+                                 settings.limits.drain_deadline_ms));
     // Peers and connectors see this relay draining while its streams finish.
     cp.mark_draining();
     (*enroller)->stop();

@@ -12,8 +12,14 @@ struct relay_options {
     std::string stats_file; // JSON counters, rewritten every 200 ms
 };
 
-// Runs until stop becomes true (SIGTERM/SIGINT). Returns the process exit code; on a start-up
-// error prints one line naming the problem and returns 2.
-int run_relay(const relay_options& opts, const std::atomic<bool>& stop);
+// Set by main's signal handlers, read by the control thread.
+struct relay_signals {
+    std::atomic<bool> stop{false};   // SIGTERM, SIGINT: drain and exit
+    std::atomic<bool> reload{false}; // SIGHUP: re-read the settings file (control/reload.hh)
+};
+
+// Runs until signals.stop becomes true. Returns the process exit code; on a start-up error
+// prints one line naming the problem and returns 2.
+int run_relay(const relay_options& opts, relay_signals& signals);
 
 } // namespace apprelay::control

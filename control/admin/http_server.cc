@@ -144,6 +144,9 @@ MHD_Result send_response(MHD_Connection* c, const http_response& r) {
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r.content_type.c_str());
+    for (const auto& [name, value] : r.headers) {
+        MHD_add_response_header(resp, name.c_str(), value.c_str());
+    }
     if (r.status == MHD_HTTP_UNAUTHORIZED) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     }
@@ -413,7 +416,12 @@ MHD_Result http_server::impl::on_access(void* cls, MHD_Connection* c, const char
         // First call: headers only. Refuse here, before MHD reads any body.
         st = new request_state;
         *con_cls = st;
-        if (l->needs_token) {
+        // The URL is raw (keep_raw) and without the query, so "/" matches "/" and "/?x=1" only.
+        const bool open_path =
+            std::string_view(method) == MHD_HTTP_METHOD_GET &&
+            std::find(self.opts.open_get_paths.begin(), self.opts.open_get_paths.end(), url) !=
+                self.opts.open_get_paths.end();
+        if (l->needs_token && !open_path) {
             const char* auth =
                 MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
             std::string_view a = auth == nullptr ? std::string_view{} : std::string_view(auth);

@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace apprelay::control {
 
@@ -17,6 +18,9 @@ struct http_server_options {
     std::string socket_path; // required; a stale socket file there is replaced
     std::string tcp_listen;  // "127.0.0.1:PORT" / "[::1]:PORT" (PORT 0 = any); empty = no TCP
     std::string tcp_token;   // required when tcp_listen is set
+    // Paths a GET may reach on TCP without the token: pages that carry no data themselves
+    // (the status page, whose own requests then carry the token).
+    std::vector<std::string> open_get_paths;
     // Admin bodies are small JSON objects (the largest carries a PEM chain and key).
     std::size_t max_body = std::size_t{1} << 20;
     // An idle or slow admin client is dropped after this long so it cannot pin a connection.

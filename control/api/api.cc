@@ -1,11 +1,14 @@
 #include "control/api/api.hh"
 
+#include "control/admin/status_page_html.hh"
 #include "control/store/rules.hh"
+#include "dataplane/relay/snapshot.hh"
 #include "tls/ca.hh"
 
 #include <algorithm>
 #include <exception>
 #include <initializer_list>
+#include <map>
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -188,6 +191,21 @@ std::optional<app_fields> read_app_fields(body& b) {
     return f;
 }
 
+// The status page (control/admin/status_page.html) carries no data: its script fetches
+// /v1/overview. The policy allows only the page's own inline script and style and requests
+// back to this listener; nosniff and no-store keep browsers from guessing or caching it.
+http_response status_page() {
+    http_response r;
+    r.content_type = "text/html; charset=utf-8";
+    r.body = std::string(k_status_page_html);
+    r.headers = {{"Content-Security-Policy",
+                  "default-src 'none'; script-src 'self' 'unsafe-inline'; "
+                  "style-src 'unsafe-inline'; connect-src 'self'; img-src data:"},
+                 {"X-Content-Type-Options", "nosniff"},
+                 {"Cache-Control", "no-store"}};
+    return r;
+}
+
 std::optional<bool> query_flag(const http_request& r, std::string_view key, std::string* problem) {
     for (const auto& [k, v] : r.query) {
         if (k != key) {
@@ -215,6 +233,115 @@ http_response admin_api::handle(const http_request& r, const live_view& live) {
     } catch (...) {
         return fail(500, "internal error");
     }
+}
+
+// Everything the status page shows, for all tenants, in one read: per tenant its groups with
+// their connectors and apps, and the alerts an operator acts on (API.md, GET /v1/overview).
+http_response admin_api::overview(const live_view& live) {
+    const json& st = live.relay_status.is_object() ? live.relay_status : json::object();
+    const std::string min_version = st.value("min_connector_version", std::string());
+    auto ts = _store.tenants();
+    if (!ts) {
+        return fail(ts.err());
+    }
+    json tenants = json::array();
+    json alerts = json::array();
+    auto alert = [&](const char* kind, const std::string& tenant, json fields, std::string msg) {
+        fields["kind"] = kind;
+        fields["tenant"] = tenant;
+        fields["message"] = std::move(msg);
+        alerts.push_back(std::move(fields));
+    };
+    for (const auto& t : ts.value()) {
+        auto gs = _store.groups(t.name);
+        if (!gs) {
+            return fail(gs.err());
+        }
+        auto cs = _store.connectors(t.name);
+        if (!cs) {
+            return fail(cs.err());
+        }
+        auto as = _store.apps(t.name);
+        if (!as) {
+            return fail(as.err());
+        }
+        const std::string where = " of tenant " + t.name;
+        json groups = json::array();
+        std::map<std::string, uint64_t> active_in;
+        for (const auto& g : gs.value()) {
+            json conns = json::array();
+            uint64_t active = 0;
+            for (const auto& c : cs.value()) {
+                if (c.group != g.name) {
+                    continue;
+                }
+                const uint32_t tunnels = live.tunnels_of ? live.tunnels_of(c.id) : 0u;
+                const uint32_t draining = live.draining_of ? live.draining_of(c.id) : 0u;
+                // Draining: the connector is stopping; its last tunnels carry streams in flight
+                // but take no new ones, so it does not count as active.
+                std::string status = tunnels == 0 && draining > 0
+                                         ? std::string("draining")
+                                         : std::string(to_string(c.status));
+                active += status == "active" ? 1 : 0;
+                const bool outdated = !min_version.empty() && !c.version.empty() &&
+                                      relay::compare_versions(c.version, min_version) < 0;
+                conns.push_back({{"id", c.id},
+                                 {"name", c.name},
+                                 {"version", c.version},
+                                 {"status", status},
+                                 {"tunnels", tunnels},
+                                 {"last_seen", c.last_seen},
+                                 {"outdated", outdated}});
+                if (outdated) {
+                    alert("connector_outdated", t.name,
+                          {{"group", g.name}, {"connector", c.id}, {"version", c.version}},
+                          "connector " + c.name + " (" + c.id + ") in group " + g.name + where +
+                              " runs version " + c.version + ", below the minimum " + min_version);
+                }
+            }
+            json apps = json::array();
+            for (const auto& a : as.value()) {
+                if (a.group == g.name) {
+                    apps.push_back(a.name);
+                }
+            }
+            active_in[g.name] = active;
+            // An empty group (no connector, no app) serves nobody: nothing to warn about.
+            if (active < 2 && (!conns.empty() || !apps.empty())) {
+                alert("group_not_redundant", t.name, {{"group", g.name}, {"active", active}},
+                      "group " + g.name + where + " has " + std::to_string(active) +
+                          " active connector" + (active == 1 ? "" : "s") +
+                          " (fewer than 2: no failover)");
+            }
+            groups.push_back({{"name", g.name},
+                              {"region", g.region},
+                              {"active", active},
+                              {"connectors", std::move(conns)},
+                              {"apps", std::move(apps)}});
+        }
+        json apps = json::array();
+        for (const auto& a : as.value()) {
+            apps.push_back({{"name", a.name},
+                            {"hostname", a.hostname},
+                            {"listen_port", a.listen_port},
+                            {"group", a.group}});
+            if (active_in[a.group] == 0) {
+                alert("app_unreachable", t.name, {{"app", a.name}, {"group", a.group}},
+                      "app " + a.name + where + " is unreachable: its group " + a.group +
+                          " has no active connector");
+            }
+        }
+        tenants.push_back(
+            {{"name", t.name}, {"groups", std::move(groups)}, {"apps", std::move(apps)}});
+    }
+    json out = {{"now", live.now}, {"tenants", std::move(tenants)}, {"alerts", std::move(alerts)}};
+    for (const char* k : {"version", "config_version", "config_stale", "latest_connector_version",
+                          "min_connector_version"}) {
+        if (st.contains(k)) {
+            out[k] = st[k];
+        }
+    }
+    return reply(200, out);
 }
 
 http_response admin_api::route(const http_request& r, const live_view& live) {
@@ -254,6 +381,18 @@ http_response admin_api::route(const http_request& r, const live_view& live) {
         j["config_version"] = v.value();
         j["connectors"] = {{"active", n->active}, {"inactive", n->inactive}};
         return reply(200, j);
+    }
+    if (seg.empty()) {
+        if (m != "GET") {
+            return not_allowed("GET");
+        }
+        return status_page();
+    }
+    if (seg.size() == 2 && seg[0] == "v1" && seg[1] == "overview") {
+        if (m != "GET") {
+            return not_allowed("GET");
+        }
+        return overview(live);
     }
     if (seg.size() == 2 && seg[0] == "v1" && seg[1] == "relays") {
         if (m != "GET") {

@@ -16,6 +16,8 @@ namespace apprelay::control {
 struct live_view {
     int64_t now = 0;                                                     // unix seconds
     std::function<uint32_t(const std::string& connector_id)> tunnels_of; // live tunnel count
+    // Tunnels still open after the connector sent GOAWAY (it is stopping; streams finish).
+    std::function<uint32_t(const std::string& connector_id)> draining_of;
     nlohmann::json relay_status; // version, uptime_s, workers, ports, tunnels_up, config_stale,...
     std::function<std::string()> render_metrics;
     int64_t token_ttl_max_s = 30 * 24 * 3600;
@@ -29,6 +31,7 @@ public:
 
 private:
     http_response route(const http_request& r, const live_view& live);
+    http_response overview(const live_view& live);
 
     store& _store;
 };

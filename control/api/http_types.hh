@@ -18,6 +18,7 @@ struct http_response {
     int status = 200;
     std::string content_type = "application/json";
     std::string body;
+    std::vector<std::pair<std::string, std::string>> headers{}; // extra headers (name, value)
 };
 
 } // namespace apprelay::control

@@ -396,6 +396,7 @@ private:
     uint32_t _unacked = 0; // streams of _streams whose OPEN is not answered yet
     io::tunnel_pending _pending{{}, {}, "user connection closed"};
     bool _handoff_pending = false;
+    bool _peer_draining = false; // the connector sent GOAWAY while routed: `drained` on close
     std::string _violation; // protocol violation seen inside a mux callback
 };
 
@@ -1723,6 +1724,12 @@ void tunnel_conn::on_stream_closed(uint32_t sid) {
 void tunnel_conn::on_goaway(uint32_t, tunnel::reason, std::string_view msg) {
     // The connector is draining: no new streams here; streams in flight finish.
     log::info("tunnel_draining", {{"worker", _w->_index}, {"reason", msg}});
+    if (routed && !_peer_draining) {
+        _w->tunnel_gone(this);
+        _peer_draining = true;
+        _w->emit(tunnel_event::kind::draining, _connector_id, {});
+        return;
+    }
     _w->tunnel_gone(this);
 }
 
@@ -1810,6 +1817,10 @@ void tunnel_conn::fail(relay_counter counter, std::string_view why) {
                               {"reason", why},
                               {"streams", _streams.size()}});
     _w->tunnel_gone(this);
+    if (_peer_draining) {
+        _peer_draining = false;
+        _w->emit(tunnel_event::kind::drained, _connector_id, {});
+    }
     _state = state::closed;
     close_all_streams();
     _w->_loop->close(_tx.id(), false);

@@ -44,7 +44,9 @@ using config_cell = core::rcu_cell<relay_config>;
 // Worker -> control thread: a connector's tunnel came up (after HELLO) or went away. The
 // control thread turns these into connector status (active while any tunnel is up).
 struct tunnel_event {
-    enum class kind : uint8_t { up, down };
+    // draining: a routed tunnel whose connector sent GOAWAY (after its `down`): it stays open
+    // while its streams finish; drained: that tunnel closed.
+    enum class kind : uint8_t { up, down, draining, drained };
     kind what = kind::up;
     char connector_id[40] = {}; // NUL-terminated
     char version[24] = {};      // connector version from HELLO (up only)

@@ -259,6 +259,28 @@ TEST_F(admin_http, tcp_requires_the_bearer_token) {
     EXPECT_EQ(local.reply->status, 201);
 }
 
+TEST_F(admin_http, open_get_paths_skip_the_token_for_get_only) {
+    opts.tcp_listen = "127.0.0.1:0";
+    opts.tcp_token = "s3cret-token";
+    opts.open_get_paths = {"/"};
+    served s(opts);
+    ASSERT_TRUE(s.server) << s.error;
+    admin_client anonymous(tcp_ep(s.server->tcp_port(), ""));
+    for (const char* path : {"/", "/?refresh=5"}) {
+        auto page = anonymous.send(api_call{"GET", path, ""});
+        ASSERT_TRUE(page.reply) << page.failure;
+        EXPECT_EQ(page.reply->status, 201) << path;
+    }
+    // Only the exact path and only GET: the data stays behind the token.
+    for (const api_call& c : {api_call{"POST", "/", ""}, api_call{"GET", "/v1/overview", ""},
+                              api_call{"GET", "//", ""}, api_call{"GET", "/index.html", ""}}) {
+        auto x = anonymous.send(c);
+        ASSERT_TRUE(x.reply) << x.failure;
+        EXPECT_EQ(x.reply->status, 401) << c.method << " " << c.path;
+    }
+    EXPECT_EQ(s.seen().size(), 2u);
+}
+
 TEST_F(admin_http, body_over_one_mebibyte_is_refused_with_413) {
     served s(opts);
     ASSERT_TRUE(s.server) << s.error;

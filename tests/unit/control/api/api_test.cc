@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <gtest/gtest.h>
+#include <map>
 #include <nlohmann/json.hpp>
 
 namespace apprelay::control {
@@ -48,8 +49,10 @@ protected:
         EXPECT_EQ(r.status, status) << r.body;
         EXPECT_EQ(json::parse(r.body).value("error", ""), message);
     }
-    std::string enroll(const std::string& group = "Default") {
-        auto t = ok(call("POST", "/v1/tenants/contoso/tokens", json{{"group", group}}.dump()), 201);
+    std::string enroll(const std::string& group = "Default", const std::string& version = "1.0",
+                       const std::string& tenant = "contoso", const std::string& name = "conn") {
+        auto t = ok(
+            call("POST", "/v1/tenants/" + tenant + "/tokens", json{{"group", group}}.dump()), 201);
         cert_signer signer = [](const tls::pem_pair& ca, const std::string& id,
                                 const std::string&) -> store_result<signed_cert> {
             tls::leaf_options o;
@@ -60,7 +63,7 @@ protected:
             auto leaf = tls::issue_leaf(ca, o, &why);
             return signed_cert{leaf->cert_pem, cert_fingerprint(leaf->cert_pem).value()};
         };
-        auto c = _store->enroll(t["token"], "conn", "1.0", signer, k_now);
+        auto c = _store->enroll(t["token"], name, version, signer, k_now);
         EXPECT_TRUE(c.ok());
         return c.ok() ? c->value.id : "";
     }
@@ -253,6 +256,132 @@ TEST_F(api_test, tokens_create_list_revoke) {
     expect_error(call("GET", "/v1/tenants/contoso/tokens/" + id), 405,
                  "method GET not allowed on /v1/tenants/contoso/tokens/" + id +
                      " (allowed: DELETE)");
+}
+
+TEST_F(api_test, status_page_is_self_contained_html_with_a_strict_policy) {
+    auto r = call("GET", "/");
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.content_type, "text/html; charset=utf-8");
+    EXPECT_EQ(r.body.rfind("<!DOCTYPE html>", 0), 0u);
+    EXPECT_NE(r.body.find("/v1/overview"), std::string::npos);
+    EXPECT_NE(r.body.find("</html>"), std::string::npos);
+    // Nothing from elsewhere: no external script, style or image.
+    EXPECT_EQ(r.body.find("src="), std::string::npos);
+    EXPECT_EQ(r.body.find("<link"), std::string::npos);
+    // Data reaches the DOM only as text.
+    EXPECT_EQ(r.body.find("innerHTML"), std::string::npos);
+    std::map<std::string, std::string> h(r.headers.begin(), r.headers.end());
+    EXPECT_EQ(h["Content-Security-Policy"],
+              "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
+              "connect-src 'self'; img-src data:");
+    EXPECT_EQ(h["X-Content-Type-Options"], "nosniff");
+    EXPECT_EQ(h["Cache-Control"], "no-store");
+    expect_error(call("POST", "/"), 405, "method POST not allowed on / (allowed: GET)");
+}
+
+TEST_F(api_test, overview_lists_every_tenant_with_its_groups_connectors_apps_and_alerts) {
+    _live.relay_status["min_connector_version"] = "1.0";
+    _live.relay_status["latest_connector_version"] = "1.2";
+    _live.relay_status["config_version"] = 7;
+    ok(call("POST", "/v1/tenants/contoso/groups", R"({"name":"Site","region":"<b>eu</b>"})"), 201);
+    ok(call("POST", "/v1/tenants/contoso/groups", R"({"name":"Empty"})"), 201);
+    std::string a = enroll("Site", "1.0", "contoso", "a");
+    std::string b = enroll("Site", "0.9.7", "contoso", "b");
+    std::string c = enroll("Default", "1.2", "contoso", "c");
+    for (const auto& id : {a, b, c}) {
+        ASSERT_TRUE(_store->set_connector_status(id, connector_status::active, k_now).ok());
+    }
+    ok(call("POST", "/v1/tenants/contoso/apps",
+            R"({"name":"hr","hostname":"hr.contoso.com","backend":"10.0.0.5:443","group":"Site"})"),
+       201);
+    ok(call("POST", "/v1/tenants/fabrikam/apps",
+            R"({"name":"web","listen_port":9443,"backend":"10.0.0.6:443"})"),
+       201);
+    _live.now = k_now + 5;
+
+    auto j = ok(call("GET", "/v1/overview"));
+    EXPECT_EQ(j["now"], k_now + 5);
+    EXPECT_EQ(j["min_connector_version"], "1.0");
+    EXPECT_EQ(j["latest_connector_version"], "1.2");
+    EXPECT_EQ(j["config_version"], 7);
+    ASSERT_EQ(j["tenants"].size(), 2u);
+    const json& contoso = j["tenants"][0];
+    EXPECT_EQ(contoso["name"], "contoso");
+    // Groups in name order: Default, Empty, Site.
+    ASSERT_EQ(contoso["groups"].size(), 3u);
+    const json& site = contoso["groups"][2];
+    EXPECT_EQ(site["name"], "Site");
+    EXPECT_EQ(site["region"], "<b>eu</b>"); // JSON carries it as is; the page sets it as text
+    EXPECT_EQ(site["active"], 2);
+    EXPECT_EQ(site["apps"], json::array({"hr"}));
+    ASSERT_EQ(site["connectors"].size(), 2u);
+    std::map<std::string, json> by_name;
+    for (const auto& x : site["connectors"]) {
+        by_name[x["name"]] = x;
+    }
+    EXPECT_EQ(by_name["a"]["id"], a);
+    EXPECT_EQ(by_name["a"]["status"], "active");
+    EXPECT_EQ(by_name["a"]["version"], "1.0");
+    EXPECT_EQ(by_name["a"]["tunnels"], 3);
+    EXPECT_EQ(by_name["a"]["last_seen"], k_now);
+    EXPECT_EQ(by_name["a"]["outdated"], false);
+    // 0.9.7 < 1.0 (component by component); c runs 1.2.
+    EXPECT_EQ(by_name["b"]["outdated"], true);
+    EXPECT_EQ(contoso["groups"][0]["connectors"][0]["outdated"], false); // 1.2
+    ASSERT_EQ(contoso["apps"].size(), 1u);
+    EXPECT_EQ(contoso["apps"][0], (json{{"name", "hr"},
+                                        {"hostname", "hr.contoso.com"},
+                                        {"listen_port", 0},
+                                        {"group", "Site"}}));
+    const json& fabrikam = j["tenants"][1];
+    EXPECT_EQ(fabrikam["groups"][0]["connectors"], json::array());
+    EXPECT_EQ(fabrikam["apps"][0]["listen_port"], 9443);
+
+    // Alerts: contoso/Default has 1 active connector, b is outdated, fabrikam/Default has none
+    // and its app web is therefore unreachable. Empty (no connector, no app) and Site (2
+    // active) raise nothing.
+    std::vector<std::string> kinds;
+    for (const auto& al : j["alerts"]) {
+        kinds.push_back(al["kind"].get<std::string>() + " " + al["tenant"].get<std::string>() +
+                        " " + al.value("group", "") + " " + al.value("app", ""));
+    }
+    EXPECT_EQ(kinds, (std::vector<std::string>{"group_not_redundant contoso Default ",
+                                               "connector_outdated contoso Site ",
+                                               "group_not_redundant fabrikam Default ",
+                                               "app_unreachable fabrikam Default web"}));
+    EXPECT_EQ(j["alerts"][0]["message"],
+              "group Default of tenant contoso has 1 active connector (fewer than 2: no failover)");
+    EXPECT_EQ(j["alerts"][1]["connector"], b);
+    EXPECT_EQ(j["alerts"][1]["message"], "connector b (" + b + ") in group Site of tenant " +
+                                             "contoso runs version 0.9.7, below the minimum 1.0");
+    EXPECT_EQ(j["alerts"][3]["message"],
+              "app web of tenant fabrikam is unreachable: its group Default has no active "
+              "connector");
+    expect_error(call("POST", "/v1/overview"), 405,
+                 "method POST not allowed on /v1/overview (allowed: GET)");
+}
+
+TEST_F(api_test, overview_shows_a_stopping_connector_as_draining_and_not_active) {
+    ok(call("POST", "/v1/tenants/contoso/groups", R"({"name":"Site"})"), 201);
+    std::string a = enroll("Site", "1.0", "contoso", "a");
+    std::string b = enroll("Site", "1.0", "contoso", "b");
+    ASSERT_TRUE(_store->set_connector_status(a, connector_status::active, k_now).ok());
+    // b sent GOAWAY: its last tunnel went down (the store says inactive) but is still open.
+    _live.tunnels_of = [b](const std::string& id) { return id == b ? 0u : 2u; };
+    _live.draining_of = [b](const std::string& id) { return id == b ? 1u : 0u; };
+    auto j = ok(call("GET", "/v1/overview"));
+    const json& site = j["tenants"][0]["groups"][1];
+    ASSERT_EQ(site["name"], "Site");
+    EXPECT_EQ(site["active"], 1);
+    std::map<std::string, std::string> status;
+    for (const auto& x : site["connectors"]) {
+        status[x["name"]] = x["status"];
+    }
+    EXPECT_EQ(status["a"], "active");
+    EXPECT_EQ(status["b"], "draining");
+    ASSERT_EQ(j["alerts"].size(), 1u);
+    EXPECT_EQ(j["alerts"][0]["kind"], "group_not_redundant");
+    EXPECT_EQ(j["alerts"][0]["group"], "Site");
 }
 
 TEST_F(api_test, exceptions_inside_become_500) {
