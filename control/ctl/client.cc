@@ -258,7 +258,13 @@ exchange admin_client::send(const api_call& c) const {
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, k_total_timeout_ms);
     CURLcode rc = curl_easy_perform(e);
     if (rc != CURLE_OK) {
-        x.failure = errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc);
+        if (_ep.url.empty() && rc == CURLE_COULDNT_CONNECT) {
+            // curl would name "localhost port 80"; the socket exists (socket_problem) but
+            // nothing accepts on it.
+            x.failure = "connection refused (is the relay running?)";
+        } else {
+            x.failure = errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc);
+        }
         return x;
     }
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &reply.status);
@@ -270,37 +276,55 @@ renderer json_renderer(std::function<rendered(const json&)> f) {
     return [f = std::move(f)](const std::string& body) { return f(json::parse(body)); };
 }
 
+int exit_code_for_status(long status) {
+    if (status >= 200 && status < 300) {
+        return k_exit_ok;
+    }
+    if (status >= 500 && status < 600) {
+        return k_exit_server;
+    }
+    return k_exit_refused;
+}
+
 int execute(const admin_client& client, const api_call& c, const renderer& render, bool json_output,
-            std::string& out, std::string& err) {
+            std::string& out, std::string& err, const renderer& json_render) {
     exchange x = client.send(c);
     if (!x.reply) {
-        err += fmt::format("error: cannot reach the relay at {}: {}\n", client.target().where(),
-                           x.failure);
+        err += format_error(
+            fmt::format("cannot reach the relay at {}: {}", client.target().where(), x.failure), 0,
+            json_output);
         return k_exit_unreachable;
     }
     const http_reply& r = *x.reply;
-    if (r.status < 200 || r.status >= 300) {
-        if (json_output) {
-            out += r.body;
-        }
-        err += fmt::format("error: {}\n", api_error_message(r.status, r.body));
-        return k_exit_refused;
-    }
-    if (json_output) {
-        out += r.body;
-        if (!r.body.empty() && r.body.back() != '\n') {
-            out += '\n';
-        }
-        return k_exit_ok;
+    if (int rc = exit_code_for_status(r.status); rc != k_exit_ok) {
+        err += format_error(api_error_message(r.status, r.body), r.status, json_output);
+        return rc;
     }
     try {
-        rendered text = render(r.body);
+        rendered text;
+        if (!json_output) {
+            text = render(r.body);
+        } else if (json_render) {
+            text = json_render(r.body);
+        } else {
+            // As returned, but only if it is what the API promises.
+            json parsed = json::parse(r.body);
+            text.out = r.body;
+            if (!text.out.empty() && text.out.back() != '\n') {
+                text.out += '\n';
+            }
+        }
+        if (!text.error.empty()) {
+            err += format_error(text.error, 0, json_output);
+            return k_exit_usage;
+        }
         out += text.out;
         err += text.err;
     } catch (const json::exception& e) {
-        err +=
-            fmt::format("error: unexpected response from the relay ({}): {}\n", c.path, e.what());
-        return k_exit_refused;
+        err += format_error(
+            fmt::format("unexpected response from the relay ({}): {}", c.path, e.what()), r.status,
+            json_output);
+        return k_exit_server;
     }
     return k_exit_ok;
 }

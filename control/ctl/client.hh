@@ -3,6 +3,7 @@
 // HTTP client (libcurl over the UNIX socket or loopback TCP), and the exit-code policy.
 #include "control/ctl/output.hh"
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -13,13 +14,31 @@
 
 namespace apprelay::ctl {
 
-// Exit codes scripts rely on.
+// Exit codes scripts rely on, the same for every command (README.md, the man page).
 enum exit_code : int {
     k_exit_ok = 0,
-    k_exit_refused = 1,     // the API answered with an error
-    k_exit_usage = 2,       // bad arguments, unreadable input file
-    k_exit_unreachable = 3, // no answer from the relay
+    k_exit_refused = 1,     // the relay refused the request: 4xx (invalid, not found, conflict)
+    k_exit_usage = 2,       // bad arguments, unreadable input or unwritable output file
+    k_exit_unreachable = 3, // no answer from the relay: socket, TCP, timeout
+    k_exit_server = 4,      // the relay failed: 5xx (store unavailable), or a 2xx it garbled
 };
+
+struct exit_code_doc {
+    int code;
+    std::string_view meaning;
+};
+// The man page's EXIT STATUS, from the same place as the codes.
+inline constexpr std::array<exit_code_doc, 5> k_exit_code_docs = {{
+    {k_exit_ok, "success"},
+    {k_exit_refused, "the relay refused the request (HTTP 4xx: invalid, not found, conflict)"},
+    {k_exit_usage, "usage error: bad or missing arguments, an unreadable input or unwritable "
+                   "output file"},
+    {k_exit_unreachable, "the relay could not be reached (socket, TCP, timeout)"},
+    {k_exit_server, "the relay failed to serve the request (HTTP 5xx, e.g. store unavailable)"},
+}};
+
+// 2xx -> k_exit_ok, 5xx -> k_exit_server, any other status -> k_exit_refused.
+int exit_code_for_status(long status);
 
 inline constexpr std::string_view k_default_socket = "/run/apprelay/admin.sock";
 inline constexpr std::string_view k_default_tenant = "default";
@@ -112,10 +131,12 @@ using renderer = std::function<rendered(const std::string& body)>;
 renderer json_renderer(std::function<rendered(const nlohmann::json&)> f);
 
 // Sends the call and applies the exit-code policy: API errors print `error: <API message>`
-// (exit 1), an unreachable relay `error: cannot reach the relay at <where>: <why>` (exit 3).
-// With json_output the response body is printed as is.
+// (exit 1 for 4xx, 4 for 5xx), an unreachable relay `error: cannot reach the relay at <where>:
+// <why>` (exit 3). With json_output errors are format_error's JSON on err, and a success
+// prints json_render's output, or without one the response body as returned (checked to be
+// JSON).
 int execute(const admin_client& client, const api_call& call, const renderer& render,
-            bool json_output, std::string& out, std::string& err);
+            bool json_output, std::string& out, std::string& err, const renderer& json_render = {});
 
 // The endpoint from --socket/--url/--token and the environment (APPRELAY_ADMIN_SOCKET,
 // APPRELAY_ADMIN_TOKEN). Returns a usage error message, empty when out is usable.

@@ -296,6 +296,16 @@ std::string format_group_deleted(std::string_view name, const json& j) {
     return out;
 }
 
+std::string format_error(std::string_view message, long status, bool as_json) {
+    if (as_json) {
+        // A relay's message is bytes: replace invalid UTF-8 rather than throw.
+        return json{{"error", message}, {"status", status}}.dump(-1, ' ', false,
+                                                                 json::error_handler_t::replace) +
+               "\n";
+    }
+    return fmt::format("error: {}\n", message);
+}
+
 std::string api_error_message(long status, std::string_view body) {
     json j = json::parse(body, nullptr, false);
     if (j.is_object() && j.contains("error") && j.at("error").is_string()) {

@@ -9,10 +9,12 @@
 
 namespace apprelay::ctl {
 
-// What a command prints on success: stdout and (e.g. the token expiry) stderr.
+// What a command prints on success: stdout and (e.g. the token expiry) stderr. error set: the
+// call succeeded but the command's own step after it failed (an unwritable --out file).
 struct rendered {
     std::string out;
     std::string err;
+    std::string error;
 };
 
 // Columns left-aligned, separated by two spaces, no trailing spaces; one line per row.
@@ -38,6 +40,10 @@ rendered format_token_created(const nlohmann::json& j);
 std::string format_confirmation(std::string_view action, const nlohmann::json& j);
 // "deleted group G" plus the connectors that moved out of it.
 std::string format_group_deleted(std::string_view name, const nlohmann::json& j);
+
+// An error line for stderr: "error: <message>", or with json {"error": "<message>",
+// "status": <HTTP status>} (status 0 when the relay did not answer or the error is local).
+std::string format_error(std::string_view message, long status, bool json);
 
 // The API's {"error": "..."} message, or "HTTP <status>" with the start of a non-JSON body.
 std::string api_error_message(long status, std::string_view body);

@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <unistd.h>
 #include <unordered_map>
 #include <vector>
 
@@ -794,6 +795,7 @@ std::string agent::status_json() const {
     }
     j["counters"] = c;
     j["id"] = opts.id;
+    j["pid"] = int64_t(::getpid()); // the updater tells a successor's stats from ours
     j["relay"] = opts.relay;
     j["version"] = opts.version;
     j["latest_version"] = latest_version;

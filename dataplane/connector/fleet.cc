@@ -353,7 +353,7 @@ private:
                     }
                 }
             }
-            for (const char* k : {"id", "version", "latest_version", "tenant", "group",
+            for (const char* k : {"id", "pid", "version", "latest_version", "tenant", "group",
                                   "config_version", "region"}) {
                 if (s.contains(k)) {
                     out[k] = s[k];

@@ -1,9 +1,10 @@
 // apprelay-connector: argument parsing and signal wiring only (agent.cc does the work).
 #include "dataplane/base/log.hh"
 #include "dataplane/connector/agent.hh"
-#include "dataplane/connector/fleet.hh"
 #include "dataplane/connector/enroll.hh"
+#include "dataplane/connector/fleet.hh"
 #include "dataplane/connector/status_http.hh"
+#include "dataplane/connector/updater.hh"
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
     CLI::App app{"apprelay-connector: outbound-only connector agent"};
     app.require_subcommand(1);
     apprelay::connector::agent_options o;
+    o.version = apprelay::connector::connector_version();
     std::string level_name = "info";
     auto* run = app.add_subcommand("run", "keep tunnels to the relay and serve streams");
     std::string state_dir;
@@ -37,7 +39,9 @@ int main(int argc, char** argv) {
     }
     run->add_option("--server-name", o.server_name, "relay certificate name to verify")
         ->excludes(state_opt);
-    run->add_option("--stats-file", o.stats_file, "rewrite counters JSON every 200 ms");
+    run->add_option(
+        "--stats-file", o.stats_file,
+        "rewrite counters JSON every 200 ms (default with --state-dir: DIR/stats.json)");
     run->add_option("--metrics-listen", o.metrics_listen,
                     "serve GET /metrics and /status on HOST:PORT (e.g. 127.0.0.1:9464)");
     run->add_option("--backoff-base-ms", o.backoff_base_ms, "reconnect backoff base");
@@ -51,6 +55,7 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
 
     apprelay::connector::register_options reg;
+    reg.version = o.version;
     auto* enroll = app.add_subcommand("register", "enroll with a relay using a one-time token");
     enroll->add_option("--relay", reg.relay, "relay enrollment listener HOST:PORT")->required();
     enroll->add_option("--token", reg.token, "enrollment token (art1....)")->required();
@@ -64,8 +69,52 @@ int main(int argc, char** argv) {
     status->add_option("--metrics", status_addr, "the connector's --metrics-listen HOST:PORT");
     status->add_flag("--json", status_json, "print the JSON as is");
 
-    app.set_version_flag("--version", APPRELAY_VERSION);
+    apprelay::connector::sign_options sign;
+    auto* sign_cmd = app.add_subcommand("update-sign", "build a signed update package (UPDATE.md)");
+    sign_cmd->add_option("--key", sign.key_path, "Ed25519 private key (PEM)")->required();
+    sign_cmd->add_option("--binary", sign.binary_path, "the new connector binary")->required();
+    sign_cmd->add_option("--version", sign.version, "its version (dotted numbers)")->required();
+    sign_cmd->add_option("--arch", sign.arch, "its architecture (default: this host's)");
+    sign_cmd->add_option("--out", sign.out_dir, "package directory to write")->required();
+
+    std::string keygen_dir;
+    auto* keygen = app.add_subcommand("update-keygen", "make an Ed25519 update signing key pair");
+    keygen->add_option("--out", keygen_dir, "directory for update-key.pem and update-pub.pem")
+        ->required();
+
+    apprelay::connector::update_options upd;
+    auto* update = app.add_subcommand(
+        "update", "verify a signed package and swap it in under the running connector");
+    update->add_option("--state-dir", upd.state_dir, "the running connector's --state-dir")
+        ->required();
+    update->add_option("--package", upd.package_dir, "package directory (update-sign --out)")
+        ->required();
+    update->add_option("--pubkey", upd.pubkey_path, "Ed25519 public key (PEM) that signs packages")
+        ->required();
+    update->add_option("--install", upd.install_path,
+                       "binary to replace (default: the running connector's executable)");
+    update
+        ->add_option("--deadline-s", upd.deadline_s,
+                     "the new binary must bring a tunnel up within this, else roll back")
+        ->check(CLI::Range(1u, 3600u));
+    update
+        ->add_option("--drain-timeout-s", upd.drain_timeout_s,
+                     "the old connector must exit within this after SIGTERM")
+        ->check(CLI::Range(1u, 3600u));
+    update->add_option("--log", upd.log_path,
+                       "output of the started connector (default: DIR/connector.log)");
+
+    app.set_version_flag("--version", o.version);
     CLI11_PARSE(app, argc, argv);
+    if (sign_cmd->parsed()) {
+        return apprelay::connector::run_update_sign(sign);
+    }
+    if (keygen->parsed()) {
+        return apprelay::connector::run_update_keygen(keygen_dir);
+    }
+    if (update->parsed()) {
+        return apprelay::connector::run_update(upd);
+    }
     if (status->parsed()) {
         return apprelay::connector::print_status(status_addr, status_json);
     }
@@ -94,6 +143,15 @@ int main(int argc, char** argv) {
         o.key_path = st->key_path;
         o.ca_path = st->ca_path;
         o.id = st->connector_id;
+        if (o.stats_file.empty()) {
+            o.stats_file = state_dir + "/stats.json";
+        }
+        // What `update` needs to drain this process and start its successor the same way.
+        if (!apprelay::connector::record_this_run(state_dir, {argv + 1, argv + argc}, o.version,
+                                                  o.stats_file, &why)
+                 .ok()) {
+            std::fprintf(stderr, "warning: %s (updates cannot find this connector)\n", why.c_str());
+        }
     } else if (o.relay.empty() || o.cert_path.empty() || o.key_path.empty() || o.ca_path.empty() ||
                o.id.empty()) {
         std::fprintf(stderr, "run needs --state-dir, or all of --relay --cert --key --ca --id\n");

@@ -3,6 +3,7 @@
 // control thread from the store and read by workers without locks through an RCU cell
 // (dataplane/core/rcu_cell.hh). Indices are only meaningful within one snapshot: anything a
 // worker keeps across snapshots is keyed by connector fingerprint or app hostname.
+#include "dataplane/base/version.hh"
 #include "dataplane/tunnel/connector_config.hh"
 
 #include <cstdint>
@@ -151,7 +152,7 @@ constexpr char ascii_lower(char c) noexcept {
 }
 std::string lowercase_hostname(std::string_view host);
 
-// -1, 0, 1 comparing dotted numeric versions ("0.10.2" > "0.9"); a non-numeric part compares as 0.
-int compare_versions(std::string_view a, std::string_view b) noexcept;
+// dataplane/base/version.hh: -1, 0, 1 comparing dotted numeric versions.
+using apprelay::compare_versions;
 
 } // namespace apprelay::relay

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs every fuzz target: the tunnel frame fuzzer and the user-space TCP/IP fuzzer
 # (frames into a net::stack) for SECONDS (default 30) each, and the CONFIG body, etcd record,
-# settings file, core map, CSR, enrollment message and admin API fuzzers for a quarter of that,
-# each on a copy of its seed corpus.
+# settings file, core map, CSR, enrollment message, update package and admin API fuzzers for a
+# quarter of that, each on a copy of its seed corpus.
 # Exits non-zero if libFuzzer finds a crash, leak, sanitizer report or timeout.
 set -euo pipefail
 seconds="${1:-30}"
@@ -63,6 +63,9 @@ fuzz enroll "${quarter}" -DAPPRELAY_VERSION="\"${version}\"" "${here}/enroll_fuz
     "${root}/control/enroll/server.cc" "${root}/dataplane/connector/enroll.cc" \
     "${root}"/control/store/{rules,pem_util,model}.cc "${root}"/tls/{ca,csr,context,session}.cc \
     "${root}"/tls/detail/{ossl,chunk_bio}.cc "${root}/dataplane/base/log.cc" -lssl -lcrypto
+fuzz package "${quarter}" "${here}/package_fuzz.cc" "${root}/dataplane/connector/package.cc" \
+    "${root}/dataplane/base/version.cc" "${root}/tls/sign.cc" "${root}/tls/detail/ossl.cc" \
+    "${root}/dataplane/base/log.cc" -lssl -lcrypto
 fuzz admin_api "${quarter}" "${here}/admin_api_fuzz.cc" "${root}/control/api/api.cc" \
     "${root}"/control/store/{sqlite,rules,pem_util,model}.cc "${root}"/tls/{ca,csr}.cc \
     "${root}/tls/detail/ossl.cc" "${root}/dataplane/base/log.cc" -lsqlite3 -lssl -lcrypto

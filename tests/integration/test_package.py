@@ -206,7 +206,9 @@ def package_body(env):
     # -- the packages as dpkg-deb sees them ----------------------------------------------------
     expect = {
         relay_deb: ("apprelay", ["etc/apprelay/relay.toml", "usr/bin/apprelay",
-                                 "usr/bin/apprelayctl", "usr/lib/systemd/system/apprelay.service"],
+                                 "usr/bin/apprelayctl", "usr/lib/systemd/system/apprelay.service",
+                                 "usr/share/bash-completion/completions/apprelayctl",
+                                 "usr/share/man/man1/apprelayctl.1"],
                     ["usr/bin/apprelay", "usr/bin/apprelayctl"], "/etc/apprelay/relay.toml"),
         conn_deb: ("apprelay-connector",
                    ["usr/bin/apprelay-connector",

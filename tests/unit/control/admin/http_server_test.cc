@@ -356,7 +356,7 @@ TEST_F(admin_http, ctl_execute_maps_outcomes_to_exit_codes) {
     ASSERT_TRUE(s.server) << s.error;
     admin_client c(unix_ep(opts.socket_path));
     auto render = ctl::json_renderer([](const nlohmann::json& j) {
-        return ctl::rendered{ctl::format_confirmation("deleted group G", j), {}};
+        return ctl::rendered{ctl::format_confirmation("deleted group G", j), {}, {}};
     });
 
     std::string out;
@@ -379,6 +379,14 @@ TEST_F(admin_http, ctl_execute_maps_outcomes_to_exit_codes) {
               ctl::k_exit_refused);
     EXPECT_EQ(out, "");
     EXPECT_EQ(err, "error: group Default cannot be deleted\n");
+
+    // --json: the error as JSON on err, nothing on out, the same exit code.
+    err.clear();
+    EXPECT_EQ(ctl::execute(c, ctl::group_delete_call("default", "Default", false), render, true,
+                           out, err),
+              ctl::k_exit_refused);
+    EXPECT_EQ(out, "");
+    EXPECT_EQ(err, "{\"error\":\"group Default cannot be deleted\",\"status\":422}\n");
 
     err.clear();
     admin_client nowhere(unix_ep(dir + "/nope.sock"));
