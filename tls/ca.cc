@@ -23,24 +23,10 @@ namespace {
 
 constexpr long k_seconds_per_day = 24L * 60 * 60;
 
-struct pkey_free {
-    void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-struct x509_free {
-    void operator()(X509* p) const { X509_free(p); }
-};
-struct bio_free {
-    void operator()(BIO* p) const { BIO_free(p); }
-};
-using pkey_ptr = std::unique_ptr<EVP_PKEY, pkey_free>;
-using x509_ptr = std::unique_ptr<X509, x509_free>;
-using bio_ptr = std::unique_ptr<BIO, bio_free>;
-
-void set_why(std::string* why, std::string msg) {
-    if (why != nullptr) {
-        *why = std::move(msg);
-    }
-}
+using detail::bio_ptr;
+using detail::pkey_ptr;
+using detail::set_why;
+using detail::x509_ptr;
 
 error fail(std::string* why, const char* what, const std::string& object) {
     set_why(why, detail::describe(what, object));

@@ -75,11 +75,7 @@ int ctx_sni_table_slot() {
     return slot;
 }
 
-void set_why(std::string* why, std::string msg) {
-    if (why != nullptr) {
-        *why = std::move(msg);
-    }
-}
+using detail::set_why;
 
 bool to_lower(std::string_view in, char* out, std::size_t cap) {
     if (in.size() > cap) {

@@ -23,34 +23,17 @@ constexpr long k_backdate_seconds = 5 * 60;
 // NIST SP 800-131A: RSA below 2048 bits is disallowed for signatures.
 constexpr int k_min_rsa_bits = 2048;
 
-struct pkey_free {
-    void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-struct x509_free {
-    void operator()(X509* p) const { X509_free(p); }
-};
-struct req_free {
-    void operator()(X509_REQ* p) const { X509_REQ_free(p); }
-};
-struct bio_free {
-    void operator()(BIO* p) const { BIO_free(p); }
-};
+using detail::bio_ptr;
+using detail::pkey_ptr;
+using detail::req_ptr;
+using detail::set_why;
+using detail::x509_ptr;
 struct exts_free {
     void operator()(STACK_OF(X509_EXTENSION) * p) const {
         sk_X509_EXTENSION_pop_free(p, X509_EXTENSION_free);
     }
 };
-using pkey_ptr = std::unique_ptr<EVP_PKEY, pkey_free>;
-using x509_ptr = std::unique_ptr<X509, x509_free>;
-using req_ptr = std::unique_ptr<X509_REQ, req_free>;
-using bio_ptr = std::unique_ptr<BIO, bio_free>;
 using exts_ptr = std::unique_ptr<STACK_OF(X509_EXTENSION), exts_free>;
-
-void set_why(std::string* why, std::string msg) {
-    if (why != nullptr) {
-        *why = std::move(msg);
-    }
-}
 
 error refuse(std::string* why, const char* reason) {
     ERR_clear_error();

@@ -13,24 +13,10 @@ namespace apprelay::tls {
 
 namespace {
 
-struct pkey_free {
-    void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-struct bio_free {
-    void operator()(BIO* p) const { BIO_free(p); }
-};
-struct md_ctx_free {
-    void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
-};
-using pkey_ptr = std::unique_ptr<EVP_PKEY, pkey_free>;
-using bio_ptr = std::unique_ptr<BIO, bio_free>;
-using md_ctx_ptr = std::unique_ptr<EVP_MD_CTX, md_ctx_free>;
-
-void set_why(std::string* why, std::string msg) {
-    if (why != nullptr) {
-        *why = std::move(msg);
-    }
-}
+using detail::bio_ptr;
+using detail::md_ctx_ptr;
+using detail::pkey_ptr;
+using detail::set_why;
 
 std::string queued_errors() {
     std::string out;
