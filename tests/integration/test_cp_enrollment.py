@@ -13,8 +13,9 @@
    failed TLS handshake) and the token is still valid and redeemable afterwards.
 4. `tokens list` shows the states used / expired / revoked (and valid).
 5. Token creation refusals (ttl over 30 days, unknown group) create nothing. Parallel
-   redemption of one token (for group gp) by 2 registers: exactly one succeeds and joins gp, the
-   other gets "token already used", exactly one connector is created.
+   redemption of one token (for group gp) by 50 registers at once: exactly one succeeds and
+   joins gp, the 49 others get "token already used" and no certificate, exactly one connector
+   is created.
 
 World: 2 relay workers, echo backend, tenant contoso (no pre-enrolled connectors)."""
 import os
@@ -195,21 +196,27 @@ def body(env):
     tok_par, tid_par = new_token(env, "--group", "gp")
     before = len(connectors(env))
     results = {}
-    barrier = threading.Barrier(2)
+    racers = [f"par{i}" for i in range(1, 51)]  # the token redeemed 50 times at once
+    barrier = threading.Barrier(len(racers))
 
     def go(name):
         barrier.wait()
         results[name] = register(env, tok_par, name)
 
-    ts = [threading.Thread(target=go, args=(n,)) for n in ("par1", "par2")]
+    ts = [threading.Thread(target=go, args=(n,)) for n in racers]
     for t in ts:
         t.start()
     for t in ts:
-        t.join(60)
+        t.join(90)
     oks = [n for n, r in results.items() if r.returncode == 0]
     fails = [n for n, r in results.items() if r.returncode != 0]
-    h.check(len(results) == 2 and len(oks) == 1 and len(fails) == 1,
-            f"parallel redemption: exactly one succeeds (ok={oks}, failed={fails})")
+    h.check(len(results) == len(racers) and len(oks) == 1 and len(fails) == len(racers) - 1,
+            f"parallel redemption: exactly one of {len(racers)} succeeds (ok={oks}, "
+            f"{len(fails)} failed)")
+    wrong = [n for n in fails if results[n].returncode != 1
+             or results[n].stderr.strip() != "token already used"]
+    h.check(not wrong, f"every loser is refused with 'token already used': {wrong[:3]} "
+                       f"{[results[n].stderr.strip() for n in wrong[:3]]}")
     loser = results[fails[0]]
     h.check(loser.returncode == 1 and loser.stderr.strip() == "token already used",
             f"the loser is refused with 'token already used': rc={loser.returncode} "
@@ -221,7 +228,8 @@ def body(env):
             f"the winner joined the token's group: {winner.stdout.strip()!r}")
     h.check([c["group"] for c in after if c["name"] == oks[0]] == ["gp"],
             f"connectors list shows {oks[0]} in gp")
-    h.check("cert.pem" not in state_files(env, fails[0]), f"{fails[0]} got no certificate")
+    h.check(all("cert.pem" not in state_files(env, n) for n in fails),
+            f"none of the {len(fails)} losers got a certificate")
     h.check(token_states(env).get(tid_par) == "used", f"token {tid_par} is used")
 
 

@@ -33,6 +33,13 @@ idle_app      An app's own idle limit (apprelayctl apps create --idle-timeout-ms
               log line names the app and 1500), a quiet user of the other app is not, nor is a
               user of the app echoing every 200 ms. apps list shows it; 50 ms is refused by the
               API with the accepted range, and the app keeps 1500.
+slow_handshake [limits] handshake_timeout_ms = 1500. A client that dribbles a real ClientHello
+              one byte every 100 ms (a slowloris: each byte is progress, none completes the
+              handshake) is closed within 1.5 s + 1 s of its first byte, and so is one that sends
+              half a ClientHello and stops, and one that sends 64 bytes of garbage that could
+              begin a record; each is counted (user_handshake_timeouts, or user_tls_failed for
+              the garbage if the relay refuses it sooner). A user echoing the whole time is
+              undisturbed and a new user is served.
 buffer_budget [limits] user_buffer_budget_mb = 8. A user echoing 256 KiB at a time is open
               first. Then four slow readers each send 16 MiB of echo requests and read
               nothing (64 KiB receive buffers, 16 MiB stream windows): the echoes pile up in the relay's TLS output
@@ -329,6 +336,75 @@ def test_idle_app(env):
     busy2.close()
 
 
+def client_hello():
+    """The bytes of a real TLS ClientHello for the echo app (SNI set), from Python's ssl."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=ECHO_SNI)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def test_slow_handshake(env):
+    world(env, {"handshake_timeout_ms": 1500})
+    busy = tls_conn(env)
+    echo(busy, 4096, seed=1)
+    hello = client_hello()
+    h.check(len(hello) > 200 and hello[0] == 0x16, f"a ClientHello of {len(hello)} bytes")
+    t0s = env.counter("user_handshake_timeouts")
+    f0s = env.counter("user_tls_failed")
+
+    # 1. One byte every 100 ms: 300+ bytes would take 30 s; the deadline is 1.5 s in total.
+    s = socket.create_connection(("127.0.0.1", env.user_port), timeout=5)
+    start = time.monotonic()
+    closed_at = None
+    i = 0
+    while time.monotonic() - start < 6 and i < len(hello):
+        try:
+            s.sendall(hello[i:i + 1])
+        except OSError:
+            closed_at = time.monotonic() - start
+            break
+        i += 1
+        if i % 5 == 0:
+            echo(busy, 1024, seed=100 + i)  # the established user is served meanwhile
+        if is_closed(s, 0.1):
+            closed_at = time.monotonic() - start
+            break
+    s.close()
+    h.check(closed_at is not None and closed_at < 2.5,
+            f"the dribbling client was closed after {closed_at} s and {i} bytes (limit 1.5 s)")
+
+    # 2. Half a ClientHello, then silence.
+    s = socket.create_connection(("127.0.0.1", env.user_port), timeout=5)
+    start = time.monotonic()
+    s.sendall(hello[:len(hello) // 2])
+    h.check(is_closed(s, 3.0), "a truncated handshake is closed at the deadline")
+    took = time.monotonic() - start
+    s.close()
+    h.check(1.2 < took < 2.5, f"... after {took:.2f} s (limit 1.5 s)")
+
+    # 3. Garbage shaped like the start of a handshake record, then silence.
+    s = socket.create_connection(("127.0.0.1", env.user_port), timeout=5)
+    s.sendall(bytes([0x16, 0x03, 0x01, 0x40, 0x00]) + bytes(range(59)))
+    h.check(is_closed(s, 3.0), "garbage that begins like a record is closed by the deadline")
+    s.close()
+
+    h.wait_until(lambda: env.counter("user_handshake_timeouts") + env.counter("user_tls_failed")
+                 >= t0s + f0s + 3, 3, "the three clients counted")
+    h.check(env.counter("user_handshake_timeouts") >= t0s + 2,
+            f"the dribbler and the truncated one are handshake timeouts "
+            f"({t0s} -> {env.counter('user_handshake_timeouts')})")
+    echo(busy, 64 * 1024, seed=7)
+    fresh = tls_conn(env, source="127.0.0.2")
+    echo(fresh, 4096, seed=8)
+    fresh.close()
+    busy.close()
+
+
 def test_buffer_budget(env):
     # Windows of 16 MiB: once stalled, each slow reader's echo sits mostly in the relay (the
     # kernel's send buffer towards it takes at most tcp_wmem's 4 MiB).
@@ -386,7 +462,8 @@ def test_buffer_budget(env):
 
 TESTS = {"idle": test_idle, "source_conns": test_source_conns,
          "pending_opens": test_pending_opens, "tunnels": test_tunnels, "fd_cap": test_fd_cap,
-         "buffer_budget": test_buffer_budget, "idle_app": test_idle_app}
+         "buffer_budget": test_buffer_budget, "idle_app": test_idle_app,
+         "slow_handshake": test_slow_handshake}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(TESTS)
