@@ -25,6 +25,10 @@ sigstop       The connector is SIGSTOPped during a 128 MiB echo, once 4 MiB went
               after SIGCONT the connector comes back and the next user is served.
 sigkill       The connector is SIGKILLed during a 128 MiB echo, once 4 MiB went through, and
               started again: the user sees an error, the next user is served.
+relay_sigkill The RELAY is SIGKILLed during a 64 MiB and a 32 MiB echo: both users see an error
+              (reset or EOF without close_notify), never a short clean end; the connector keeps
+              running, and the relay started again on its state dir and ports gets the tunnel
+              back and serves the next users byte-exact.
 relay_sigstop The RELAY is SIGSTOPped for 2 s during a 64 MiB and a 32 MiB echo, once 4 MiB went
               through the tunnel, then SIGCONTed. Longer than the connector's silence limit
               (3 PING intervals = 1.5 s) and as long as the relay's PING deadline (2 s): the
@@ -58,6 +62,7 @@ class World:
         topo = h.make_world(env.pki, [("echo", ECHO_SNI, f"127.0.0.1:{echo_port}")],
                             connectors=(), workers=1, with_fabrikam=False)
         topo.limits.update({"ping_interval_ms": 500, "ping_timeout_ms": 2000})
+        self.topo = topo
         env.start_relay(topo)
         env.enroll("c1")
         self.t = TcpProxy("127.0.0.1", env.tunnel_port, name="tunnel").start()
@@ -234,6 +239,34 @@ def test_sigkill(env):
     run(env, body)
 
 
+def test_relay_sigkill(env):
+    def body(w):
+        relay = env.relay
+        clog = len(w.conn.log_text())
+        t, out = bulk_in_thread(w, 64 * MiB, 12)
+        t2, out2 = bulk_in_thread(w, 32 * MiB, 13)
+        flowing(w, t)
+        h.check(t2.is_alive(), "the second transfer is in flight too")
+        user_port, tunnel_port = env.user_port, env.tunnel_port
+        os.kill(relay.pid, signal.SIGKILL)
+        h.log("relay SIGKILLed mid-transfer")
+        for th, res, what in ((t, out, "64 MiB echo"), (t2, out2, "32 MiB echo")):
+            expect_error(th, res, what)
+        h.wait_until(lambda: not relay.alive(), 5, "the relay is gone")
+        h.check(w.conn.alive(), "the connector keeps running without its relay")
+        # The same relay again, on the same state dir and ports: the connector dials back in.
+        w.topo.user_port, w.topo.tunnel_port = user_port, tunnel_port
+        os.unlink(env.stats_path)
+        env.start_relay(w.topo, provision=False, name="relay2")
+        env.wait_tunnels(1, timeout=15)
+        w.served_again("the relay's restart")
+        outcome, why = w.echo(4 * MiB, 14)
+        h.check(outcome == "ok", f"a new 4 MiB echo after the restart is byte-exact: {why}")
+        downs = g.events(w.conn.log_text()[clog:], "tunnel_down")
+        h.check(downs, f"the connector saw its tunnel go: {[e.get('reason') for e in downs]}")
+    run(env, body)
+
+
 def test_relay_sigstop(env):
     def body(w):
         relay = env.relay
@@ -282,7 +315,8 @@ def test_relay_sigstop(env):
 
 TESTS = {"slice": test_slice, "delay": test_delay, "stall": test_stall,
          "truncate": test_truncate, "reset": test_reset, "user_reset": test_user_reset,
-         "sigstop": test_sigstop, "sigkill": test_sigkill, "relay_sigstop": test_relay_sigstop}
+         "sigstop": test_sigstop, "sigkill": test_sigkill, "relay_sigstop": test_relay_sigstop,
+         "relay_sigkill": test_relay_sigkill}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(TESTS)
