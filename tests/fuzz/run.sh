@@ -55,7 +55,8 @@ fuzz settings "${quarter}" -DAPPRELAY_VERSION="\"${version}\"" -DTOML_HEADER_ONL
     -DTOML_SHARED_LIB=1 "${here}/settings_fuzz.cc" "${root}/control/settings.cc" \
     "${root}"/tls/{context,session}.cc "${root}"/tls/detail/{ossl,chunk_bio}.cc \
     "${root}/dataplane/relay/snapshot.cc" "${root}/dataplane/tunnel/connector_config.cc" \
-    "${root}/dataplane/base/log.cc" -ltomlplusplus -lfmt -lssl -lcrypto
+    "${root}/dataplane/base/version.cc" "${root}/dataplane/base/log.cc" -ltomlplusplus -lfmt \
+    -lssl -lcrypto
 fuzz coremap "${quarter}" "${here}/coremap_fuzz.cc" "${root}/dataplane/core/core_map.cc"
 fuzz csr "${quarter}" "${here}/csr_fuzz.cc" "${root}"/tls/{csr,ca}.cc "${root}/tls/detail/ossl.cc" \
     "${root}/dataplane/base/log.cc" -lssl -lcrypto
@@ -66,6 +67,17 @@ fuzz enroll "${quarter}" -DAPPRELAY_VERSION="\"${version}\"" "${here}/enroll_fuz
 fuzz package "${quarter}" "${here}/package_fuzz.cc" "${root}/dataplane/connector/package.cc" \
     "${root}/dataplane/base/version.cc" "${root}/tls/sign.cc" "${root}/tls/detail/ossl.cc" \
     "${root}/dataplane/base/log.cc" -lssl -lcrypto
-fuzz admin_api "${quarter}" "${here}/admin_api_fuzz.cc" "${root}/control/api/api.cc" \
+# api.cc serves the status page from a header the build generates (control/admin/meson.build):
+# the same substitution here, into the work dir.
+mkdir -p "${work}/gen/control/admin"
+python3 - "${root}/control/admin" "${work}/gen/control/admin/status_page_html.hh" <<'PY'
+import sys
+src, out = sys.argv[1], sys.argv[2]
+html = open(src + "/status_page.html").read()
+text = open(src + "/status_page_html.hh.in").read().replace("@STATUS_PAGE_HTML@", html)
+open(out, "w").write(text)
+PY
+fuzz admin_api "${quarter}" -I"${work}/gen" "${here}/admin_api_fuzz.cc" "${root}/control/api/api.cc" \
     "${root}"/control/store/{sqlite,rules,pem_util,model}.cc "${root}"/tls/{ca,csr}.cc \
-    "${root}/tls/detail/ossl.cc" "${root}/dataplane/base/log.cc" -lsqlite3 -lssl -lcrypto
+    "${root}/tls/detail/ossl.cc" "${root}/dataplane/base/version.cc" \
+    "${root}/dataplane/base/log.cc" -lsqlite3 -lssl -lcrypto

@@ -56,7 +56,7 @@ CONNECTOR_BIN = os.path.join(BUILD, "dataplane", "connector", "apprelay-connecto
 TOOLS = os.path.abspath(os.environ.get("APPRELAY_TOOLS_DIR", BUILD))
 BACKEND_BIN = os.path.join(TOOLS, "bench", "loadgen", "apprelay-testbackend")
 LOADGEN_BIN = os.path.join(TOOLS, "bench", "loadgen", "apprelay-loadgen")
-CTL_BIN = os.path.join(BUILD, "control", "ctl", "apprelayctl")
+CTL_BIN = os.path.join(TOOLS, "control", "ctl", "apprelayctl")
 
 RELAY_SERVER_NAME = "relay.apprelay.test"
 MiB = 1024 * 1024
