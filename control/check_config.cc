@@ -1,6 +1,7 @@
 #include "control/check_config.hh"
 
 #include "control/settings.hh"
+#include "control/update_service.hh"
 #include "dataplane/core/core_map.hh"
 
 #include <cerrno>
@@ -34,6 +35,9 @@ config_check check_config(const std::string& path) {
         // TOML syntax errors already start with the file's name.
         const bool named = why.rfind(path + ": ", 0) == 0;
         return {1, named ? why : path + ": " + why};
+    }
+    if (!resolve_update_package(&s, &why)) {
+        return {1, path + ": " + why};
     }
     if (!s.core_map.empty()) {
         auto cm = core::parse_core_map(s.core_map, core::available_cpus(), &why);

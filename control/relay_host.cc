@@ -11,6 +11,8 @@
 #include "control/snapshot_build.hh"
 #include "control/store/etcd/etcd_store.hh"
 #include "control/store/sqlite.hh"
+#include "control/turns.hh"
+#include "control/update_service.hh"
 #include "dataplane/base/log.hh"
 #include "dataplane/core/core_map.hh"
 #include "dataplane/relay/worker.hh"
@@ -230,6 +232,9 @@ public:
     void set_status(nlohmann::json status) { _status = std::move(status); }
     void set_admin(std::unique_ptr<http_server> admin) { _admin = std::move(admin); }
     void set_dpdk(const dpdk_backend* d) { _dpdk = d; }
+    // The enrollment listener gets each new TLS context (tenant CAs for connector requests).
+    void set_enroller(enroll::server* e) { _enroller = e; }
+    void set_turns(update_turns* t) { _turns = t; }
     http_response handle(const http_request& r);
     void tick(); // one control loop iteration (admin requests, events, snapshot, status)
     bool drain_requested() { return _store->drain_requested(); }
@@ -257,6 +262,9 @@ private:
     const std::vector<std::unique_ptr<relay::worker>>* _workers;
     std::unique_ptr<http_server> _admin;
     const dpdk_backend* _dpdk = nullptr;
+    enroll::server* _enroller = nullptr;
+    update_turns* _turns = nullptr;
+    int64_t _next_turn_check = 0;
     std::unordered_map<std::string, connector_live> _live;
     nlohmann::json _status;
     uint64_t _version;
@@ -281,6 +289,19 @@ http_response control_plane::handle(const http_request& r) {
         auto it = _live.find(id);
         return it == _live.end() ? 0 : it->second.draining;
     };
+    if (_turns != nullptr) {
+        std::unordered_map<std::string, nlohmann::json> updating;
+        for (const auto& t : _turns->list()) {
+            updating[t.connector] = {{"version", t.target_version},
+                                     {"since", t.granted_at},
+                                     {"lease_end", t.lease_end},
+                                     {"stuck", t.stuck}};
+        }
+        live.update_of = [updating = std::move(updating)](const std::string& id) {
+            auto it = updating.find(id);
+            return it == updating.end() ? nlohmann::json() : it->second;
+        };
+    }
     nlohmann::json st = _status;
     st["config_version"] = _version;
     const auto h = _store->health();
@@ -320,6 +341,9 @@ void control_plane::drain_events() {
                     // First tunnel: the connector answers PINGs end to end from now on.
                     (void)_store->set_connector_status(e.connector_id, connector_status::active,
                                                        now);
+                    if (_turns != nullptr) {
+                        _turns->connector_up(e.connector_id, e.version, now);
+                    }
                     log::info("connector_active",
                               {{"connector", e.connector_id}, {"version", e.version}});
                 }
@@ -329,6 +353,9 @@ void control_plane::drain_events() {
                 }
             } else if (c.tunnels > 0 && --c.tunnels == 0) {
                 (void)_store->set_connector_status(e.connector_id, connector_status::inactive, now);
+                if (_turns != nullptr) {
+                    _turns->connector_down(e.connector_id, now);
+                }
                 (void)_store->connector_seen(e.connector_id, c.version, now);
                 log::info("connector_inactive", {{"connector", e.connector_id}});
             }
@@ -362,6 +389,9 @@ void control_plane::sync_snapshot() {
             build_relay_config(view.value(), _settings,
                                (std::filesystem::path(_settings.state_dir) / "pem").string(), &why);
         if (cfg) {
+            if (_enroller != nullptr) {
+                _enroller->use_context((*cfg)->service_tls);
+            }
             _cell->publish(std::move(*cfg));
             for (const auto& w : *_workers) {
                 w->wake();
@@ -387,6 +417,18 @@ void control_plane::sync_snapshot() {
 }
 
 void control_plane::upkeep(int64_t now) {
+    if (_turns != nullptr && now >= _next_turn_check) {
+        _next_turn_check = now + 1;
+        if (!_turns->list().empty()) {
+            auto view = _store->load();
+            if (view) {
+                _turns->expire(now, [&](const std::string& id) {
+                    return std::any_of(view->connectors.begin(), view->connectors.end(),
+                                       [&](const connector& c) { return c.id == id; });
+                });
+            }
+        }
+    }
     if (now >= _next_seen) {
         _next_seen = now + 30; // last_seen of active connectors, twice a minute
         for (const auto& [id, c] : _live) {
@@ -625,7 +667,7 @@ void reload_settings(const std::string& path, relay_settings* file, relay_settin
     notify::reloading("reloading " + path);
     relay_settings next;
     std::string why;
-    if (!load_settings(path, &next, &why)) {
+    if (!load_settings(path, &next, &why) || !resolve_update_package(&next, &why)) {
         log::error("settings_reload_failed",
                    {{"file", path}, {"reason", why}, {"kept", "the running settings"}});
         notify::ready("reload failed, running on the previous settings: " + why);
@@ -659,7 +701,8 @@ int run_relay(const relay_options& opts, relay_signals& signals) {
     log::set_component("relay");
     std::string why;
     relay_settings settings;
-    if (!load_settings(opts.config_path, &settings, &why)) {
+    if (!load_settings(opts.config_path, &settings, &why) ||
+        !resolve_update_package(&settings, &why)) {
         log::error("config_invalid", {{"file", opts.config_path}, {"reason", why}});
         return 2;
     }
@@ -801,6 +844,11 @@ int run_relay(const relay_options& opts, relay_signals& signals) {
     eo.cert_chain_pem_path = *chain;
     eo.key_pem_path = *key;
     control::store* es = enroll_store.get();
+    update_turns turns(settings.update_lease_s);
+    connector_service service(*es, settings, turns);
+    eo.service = [&service](const enroll::service_request& req) {
+        return service.handle(req, unix_now());
+    };
     auto enroller = enroll::server::start(
         eo,
         [es, tunnel_port, &settings, &identity](const enroll::enroll_request& req) {
@@ -811,6 +859,7 @@ int run_relay(const relay_options& opts, relay_signals& signals) {
         log::error("enroll_failed", {{"reason", why}});
         return 2;
     }
+    (*enroller)->use_context((*first)->service_tls);
 
     const uint64_t first_version = view->config_version;
     relay::config_cell cell(n, std::move(*first));
@@ -855,6 +904,8 @@ int run_relay(const relay_options& opts, relay_signals& signals) {
     }
     control_plane cp(settings, opts, std::move(store), &cell, &workers, first_version);
     cp.set_dpdk(dpdk.get());
+    cp.set_enroller(enroller->get());
+    cp.set_turns(&turns);
     http_server_options ho;
     ho.socket_path = settings.admin_socket;
     ho.tcp_listen = settings.admin_listen;

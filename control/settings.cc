@@ -372,13 +372,19 @@ bool load_table(const toml::table& root, const std::string& path, relay_settings
 
     const toml::table* c = root["connectors"].as_table();
     c = c != nullptr ? c : &empty;
-    if (!known_keys(*c, "connectors", {"min_version", "latest_version", "inactive_purge_s"}, why) ||
+    if (!known_keys(*c, "connectors",
+                    {"min_version", "latest_version", "inactive_purge_s", "update_package",
+                     "update_lease_s"},
+                    why) ||
         !get_str(*c, "connectors", "min_version", &s.min_connector_version, why) ||
         !get_str(*c, "connectors", "latest_version", &s.latest_connector_version, why) ||
         !get_u32(*c, "connectors", "inactive_purge_s", &s.inactive_purge_s, 1,
-                 10ull * 365 * 24 * 3600, why)) {
+                 10ull * 365 * 24 * 3600, why) ||
+        !get_str(*c, "connectors", "update_package", &s.update_package, why) ||
+        !get_u32(*c, "connectors", "update_lease_s", &s.update_lease_s, 5, 24 * 3600, why)) {
         return false;
     }
+    s.latest_version_set = c->contains("latest_version");
     if (relay::compare_versions(s.latest_connector_version, s.min_connector_version) < 0) {
         *why = "connectors.latest_version: older than connectors.min_version";
         return false;

@@ -75,6 +75,14 @@ struct relay_settings {
     std::string min_connector_version = APPRELAY_VERSION;
     std::string latest_connector_version = APPRELAY_VERSION;
     int64_t inactive_purge_s = 10 * 24 * 3600; // inactive connectors are removed after this
+    // A signed connector update package (dataplane/connector/UPDATE.md) the relay serves to its
+    // connectors on the enrollment listener; empty: none. Its manifest's version is the latest
+    // version advertised (latest_version, when set, must be the same).
+    std::string update_package;
+    bool latest_version_set = false; // [connectors] latest_version was given
+    // Update turns: how long one connector of a group may take to update before its turn ends
+    // (or, if it is down by then, is reported stuck).
+    uint32_t update_lease_s = 600;
     uint32_t store_poll_ms = 1000; // changes made by another process/thread are picked up
 
     relay::relay_limits limits;

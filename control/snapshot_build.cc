@@ -210,7 +210,17 @@ result<std::unique_ptr<relay::relay_config>> build_relay_config(const store_view
         *why = "tunnel listener TLS: " + *why;
         return tunnel_tls.err();
     }
+    tls::server_options so;
+    so.default_cert = {*chain, *key};
+    so.client_ca_pem_paths = to.client_ca_pem_paths;
+    so.client_cert_optional = true;
+    auto service_tls = tls::server_context::create(so, why);
+    if (!service_tls) {
+        *why = "enrollment listener TLS: " + *why;
+        return service_tls.err();
+    }
     auto cfg = std::make_unique<relay::relay_config>();
+    cfg->service_tls = *service_tls;
     cfg->snap = std::move(snap);
     cfg->user_tls = *user_tls;
     cfg->tunnel_tls = *tunnel_tls;

@@ -292,6 +292,19 @@ http_response admin_api::overview(const live_view& live) {
                                  {"tunnels", tunnels},
                                  {"last_seen", c.last_seen},
                                  {"outdated", outdated}});
+                json update = live.update_of ? live.update_of(c.id) : json();
+                if (!update.is_null()) {
+                    conns.back()["update"] = update;
+                    if (update.value("stuck", false)) {
+                        alert("update_stuck", t.name,
+                              {{"group", g.name}, {"connector", c.id},
+                               {"version", update.value("version", "")}},
+                              "connector " + c.name + " (" + c.id + ") in group " + g.name +
+                                  where + " has had no tunnel since it began updating to " +
+                                  update.value("version", "") +
+                                  "; the group's other connectors wait for their turn");
+                    }
+                }
                 if (outdated) {
                     alert("connector_outdated", t.name,
                           {{"group", g.name}, {"connector", c.id}, {"version", c.version}},

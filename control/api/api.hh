@@ -18,6 +18,9 @@ struct live_view {
     std::function<uint32_t(const std::string& connector_id)> tunnels_of; // live tunnel count
     // Tunnels still open after the connector sent GOAWAY (it is stopping; streams finish).
     std::function<uint32_t(const std::string& connector_id)> draining_of;
+    // The connector's update turn (control/turns.hh): null when it holds none, else {version,
+    // since, lease_end, stuck}.
+    std::function<nlohmann::json(const std::string& connector_id)> update_of;
     nlohmann::json relay_status; // version, uptime_s, workers, ports, tunnels_up, config_stale,...
     std::function<std::string()> render_metrics;
     int64_t token_ttl_max_s = 30 * 24 * 3600;

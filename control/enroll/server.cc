@@ -59,6 +59,8 @@ std::string peer_of(const sockaddr_storage& ss) {
     return "unknown";
 }
 
+} // namespace
+
 // One connection's blocking I/O over a memory-BIO session.
 class conn {
 public:
@@ -205,6 +207,8 @@ private:
     tls::session& _s;
 };
 
+namespace {
+
 enroll_reply refusal(const char* reason) {
     enroll_reply r;
     r.error = reason;
@@ -231,6 +235,54 @@ bool parse_request(const std::string& line, enroll_request* out) {
     };
     return field("token", &out->token, true) && field("csr_pem", &out->csr_pem, true) &&
            field("name", &out->name, false) && field("version", &out->version, false);
+}
+
+bool parse_service_request(const std::string& line, service_request* out, bool* bad) {
+    *bad = false;
+    auto doc = nlohmann::json::parse(line, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object()) {
+        return false;
+    }
+    auto op = doc.find("op");
+    if (op == doc.end() || !op->is_string() || op->get_ref<const std::string&>() == "enroll") {
+        return false;
+    }
+    out->op = op->get<std::string>();
+    auto str = [&](const char* key, std::string* dst) {
+        auto it = doc.find(key);
+        if (it == doc.end()) {
+            return true;
+        }
+        if (!it->is_string() || it->get_ref<const std::string&>().size() > 255) {
+            return false;
+        }
+        *dst = it->get<std::string>();
+        return true;
+    };
+    auto off = doc.find("offset");
+    if (off != doc.end()) {
+        if (!off->is_number_unsigned()) {
+            *bad = true;
+            return true;
+        }
+        out->offset = off->get<uint64_t>();
+    }
+    *bad = out->op.size() > 32 || !str("version", &out->version) || !str("file", &out->file);
+    return true;
+}
+
+std::string service_reply_line(const service_reply& reply) {
+    nlohmann::json j;
+    if (reply.ok) {
+        j = reply.fields.is_object() ? reply.fields : nlohmann::json::object();
+        j["ok"] = true;
+        if (!reply.body.empty()) {
+            j["length"] = reply.body.size();
+        }
+    } else {
+        j = {{"ok", false}, {"error", reply.error}};
+    }
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 std::string reply_line(const enroll_reply& reply) {
@@ -296,7 +348,21 @@ result<std::unique_ptr<server>> server::start(const server_options& opts, enroll
 server::server(const server_options& opts, enroll_handler handler,
                std::shared_ptr<tls::server_context> ctx, int wake_fd)
     : _opts(opts), _handler(std::move(handler)), _ctx(std::move(ctx)), _wake_fd(wake_fd),
-      _tokens(opts.max_enrollments_per_s), _refilled(clock::now()) {}
+      _tokens(opts.max_enrollments_per_s), _refilled(clock::now()),
+      _svc_tokens(opts.max_service_requests_per_s), _svc_refilled(clock::now()) {}
+
+void server::use_context(std::shared_ptr<tls::server_context> ctx) {
+    if (ctx == nullptr) {
+        return;
+    }
+    std::lock_guard lock(_ctx_mu);
+    _ctx = std::move(ctx);
+}
+
+std::shared_ptr<tls::server_context> server::context() {
+    std::lock_guard lock(_ctx_mu);
+    return _ctx;
+}
 
 server::~server() {
     stop();
@@ -348,6 +414,19 @@ void server::loop() {
     }
 }
 
+bool server::take_service_token() {
+    auto now = clock::now();
+    double rate = std::max<uint32_t>(_opts.max_service_requests_per_s, 1);
+    double elapsed = std::chrono::duration<double>(now - _svc_refilled).count();
+    _svc_refilled = now;
+    _svc_tokens = std::min(rate, _svc_tokens + elapsed * rate);
+    if (_svc_tokens < 1.0) {
+        return false;
+    }
+    _svc_tokens -= 1.0;
+    return true;
+}
+
 bool server::take_rate_token() {
     auto now = clock::now();
     double rate = _opts.max_enrollments_per_s;
@@ -362,7 +441,8 @@ bool server::take_rate_token() {
 }
 
 void server::serve(int fd, const std::string& peer) {
-    auto session = _ctx->new_session();
+    auto ctx = context();
+    auto session = ctx->new_session();
     if (!session) {
         log::error("enroll_refused", {{"reason", "cannot create TLS session"}, {"peer", peer}});
         return;
@@ -383,6 +463,12 @@ void server::serve(int fd, const std::string& peer) {
     if (!line.ok() && line.code() != errc::frame_too_large) {
         log::info("enroll_refused",
                   {{"reason", "no request"}, {"detail", line.err().detail}, {"peer", peer}});
+        return;
+    }
+    service_request sreq;
+    bool bad = false;
+    if (line.ok() && parse_service_request(*line, &sreq, &bad)) {
+        serve_service(c, *session, sreq, bad, peer);
         return;
     }
     if (!line.ok() || !parse_request(*line, &req)) {
@@ -410,6 +496,44 @@ void server::serve(int fd, const std::string& peer) {
     } else {
         log::info("enroll_refused",
                   {{"reason", reply.error}, {"peer", peer}, {"reply_sent", w.ok()}});
+    }
+    if (w.ok()) {
+        c.linger();
+    }
+}
+
+void server::serve_service(conn& c, tls::session& s, service_request& req, bool bad,
+                           const std::string& peer) {
+    service_reply reply;
+    if (bad) {
+        reply.error = "malformed request";
+    } else if (!_opts.service) {
+        reply.error = "unknown op " + req.op;
+    } else if (!take_service_token()) {
+        reply.error = "busy";
+    } else {
+        req.peer = peer;
+        req.peer_fingerprint = s.peer_root_fingerprint().empty() ? "" : s.peer_fingerprint();
+        req.peer_root_fingerprint = s.peer_root_fingerprint();
+        req.cert_problem = s.peer_certificate_problem();
+        try {
+            reply = _opts.service(req);
+        } catch (const std::exception& e) {
+            log::error("enroll_handler_failed", {{"what", e.what()}, {"peer", peer}});
+            reply = {};
+            reply.error = "internal error";
+        }
+    }
+    std::string out = service_reply_line(reply);
+    if (reply.ok) {
+        out += reply.body;
+    }
+    auto w = c.write_and_close(out);
+    if (!reply.ok) {
+        log::info("connector_request_refused", {{"op", req.op},
+                                                {"reason", reply.error},
+                                                {"peer", peer},
+                                                {"reply_sent", w.ok()}});
     }
     if (w.ok()) {
         c.linger();

@@ -36,6 +36,8 @@ constexpr std::size_t k_secret_hex = 32;
 constexpr std::size_t k_fingerprint_hex = 64;
 // The reply carries two certificates (~1-2 KiB each); the request limit bounds it generously.
 constexpr std::size_t k_max_reply_line = 64 * 1024;
+// A connector request's body (one update_fetch chunk of at most 1 MiB).
+constexpr uint64_t k_max_request_body = 1024 * 1024;
 constexpr std::size_t k_io_chunk = 16 * 1024 + 256;
 // relay.json is a few hundred bytes; anything bigger is not ours.
 constexpr std::size_t k_max_relay_json = 64 * 1024;
@@ -178,6 +180,7 @@ public:
         return flush();
     }
 
+    // The bytes after the line stay in _rest (read_exact takes them first).
     result<std::string> read_line(std::size_t max) {
         std::string line;
         std::array<std::byte, k_io_chunk> buf;
@@ -187,6 +190,7 @@ public:
                 line.append(reinterpret_cast<const char*>(buf.data()), *r);
                 std::size_t nl = line.find('\n');
                 if (nl != std::string::npos) {
+                    _rest = line.substr(nl + 1);
                     line.resize(nl);
                     return line;
                 }
@@ -204,7 +208,33 @@ public:
         }
     }
 
+    // Exactly n more bytes after the line (errc::closed when the peer ends before).
+    result<std::string> read_exact(std::size_t n) {
+        std::string out = std::move(_rest);
+        _rest.clear();
+        std::array<std::byte, k_io_chunk> buf;
+        while (out.size() < n) {
+            auto r = _s.read(buf);
+            if (r.ok()) {
+                out.append(reinterpret_cast<const char*>(buf.data()), *r);
+                continue;
+            }
+            if (r.code() != errc::again) {
+                return r.err();
+            }
+            if (auto f = fill(); !f.ok()) {
+                return f.err();
+            }
+        }
+        if (out.size() > n) {
+            return error(errc::protocol_error, "more bytes than announced");
+        }
+        return out;
+    }
+
 private:
+    std::string _rest;
+
     result<void> fill() {
         std::array<std::byte, k_io_chunk> buf;
         for (;;) {
@@ -416,6 +446,94 @@ result<std::string> exchange_line(const std::string& relay, const std::string& c
     return line;
 }
 
+result<uint64_t> parse_service_reply(const std::string& line, std::string* why) {
+    auto doc = nlohmann::json::parse(line, nullptr, false);
+    if (doc.is_discarded() || !doc.is_object() || !doc.contains("ok") || !doc["ok"].is_boolean()) {
+        set_why(why, "relay sent an invalid reply");
+        return error(errc::protocol_error, "invalid reply");
+    }
+    if (!doc["ok"].get<bool>()) {
+        auto it = doc.find("error");
+        set_why(why, it != doc.end() && it->is_string() ? it->get<std::string>()
+                                                        : "refused without a reason");
+        return error(errc::refused, "refused by the relay");
+    }
+    uint64_t length = 0;
+    if (auto it = doc.find("length"); it != doc.end()) {
+        if (!it->is_number_unsigned() || it->get<uint64_t>() > k_max_request_body) {
+            set_why(why, "relay announced an invalid body length");
+            return error(errc::protocol_error, "invalid body length");
+        }
+        length = it->get<uint64_t>();
+    }
+    return length;
+}
+
+result<std::string> connector_request(const state& st, std::string_view request_line,
+                                      uint32_t deadline_ms, std::string* body, std::string* why) {
+    if (st.enroll.empty()) {
+        set_why(why, "the state directory does not name the relay's enrollment listener (relay.json "
+                     "has no \"enroll\"; registered before it was recorded): pass --relay-enroll "
+                     "HOST:PORT");
+        return error(errc::invalid_argument, "no enrollment address");
+    }
+    auto deadline = clock::now() + std::chrono::milliseconds(deadline_ms);
+    tls::client_options co;
+    co.ca_pem_path = st.ca_path;
+    co.server_name = st.server_name;
+    co.client_cert = {st.cert_path, st.key_path};
+    auto ctx = tls::client_context::create(co, why);
+    if (!ctx.ok()) {
+        return ctx.err();
+    }
+    auto session = (*ctx)->new_session();
+    if (!session) {
+        set_why(why, "cannot create TLS session");
+        return error(errc::no_memory, "cannot create TLS session");
+    }
+    auto fd = dial(st.enroll, deadline, why);
+    if (!fd.ok()) {
+        return fd.err();
+    }
+    fd_guard guard(*fd);
+    tls_io io(guard.get(), deadline, *session);
+    if (auto h = io.handshake(); !h.ok()) {
+        set_why(why, "TLS handshake with " + st.enroll + " failed: " +
+                         (h.code() == errc::tls_error || h.code() == errc::cert_rejected
+                              ? session->last_error()
+                              : std::string(h.err().detail)));
+        return h.err();
+    }
+    if (auto w = io.write(request_line); !w.ok()) {
+        set_why(why, "cannot send the request to " + st.enroll + ": " + std::string(w.err().detail));
+        return w.err();
+    }
+    auto line = io.read_line(k_max_reply_line);
+    if (!line.ok()) {
+        set_why(why, "no reply from " + st.enroll + ": " + std::string(line.err().detail));
+        return line.err();
+    }
+    auto parsed = parse_service_reply(*line, why);
+    if (!parsed.ok()) {
+        return parsed.err();
+    }
+    const uint64_t length = *parsed;
+    if (body != nullptr) {
+        body->clear();
+    }
+    if (length > 0) {
+        auto b = io.read_exact(length);
+        if (!b.ok()) {
+            set_why(why, "body from " + st.enroll + " cut short: " + std::string(b.err().detail));
+            return b.err();
+        }
+        if (body != nullptr) {
+            *body = std::move(*b);
+        }
+    }
+    return line;
+}
+
 result<registration> register_connector(const register_options& opts, std::string* why) {
     auto token = parse_token(opts.token);
     if (!token.ok()) {
@@ -472,7 +590,8 @@ result<registration> register_connector(const register_options& opts, std::strin
     std::string host =
         relay_host.find(':') != std::string::npos ? "[" + relay_host + "]" : relay_host;
     nlohmann::json relay_json = {{"relay", host + ":" + std::to_string(reply->tunnel_port)},
-                                 {"server_name", reply->server_name}};
+                                 {"server_name", reply->server_name},
+                                 {"enroll", opts.relay}};
     if (!reply->relays.empty()) {
         relay_json["relays"] = reply->relays; // a fleet: `run` attaches to two of them
     }
@@ -514,6 +633,13 @@ result<state> load_state(const std::string& dir, std::string* why) {
     }
     st.relay = doc["relay"].get<std::string>();
     st.server_name = doc["server_name"].get<std::string>();
+    if (auto it = doc.find("enroll"); it != doc.end()) {
+        if (!it->is_string() || it->get_ref<const std::string&>().find(':') == std::string::npos) {
+            set_why(why, json_path + ": enroll must be a HOST:PORT string");
+            return error(errc::invalid_argument, "invalid relay.json");
+        }
+        st.enroll = it->get<std::string>();
+    }
     if (!read_relays(doc, &st.relays)) {
         set_why(why, json_path + ": relays must be an array of HOST:PORT strings");
         return error(errc::invalid_argument, "invalid relay.json");

@@ -76,7 +76,20 @@ struct state {
     std::string cert_path;
     std::string ca_path;
     std::string connector_id; // CN of cert.pem
+    std::string enroll;       // HOST:PORT of the relay's enrollment listener; empty: not recorded
 };
 result<state> load_state(const std::string& dir, std::string* why);
+
+// A request of a registered connector to its relay's enrollment listener (control/enroll/
+// PROTOCOL.md "Connector requests"): TLS 1.3 to st.enroll with the connector's certificate, the
+// relay verified against st.ca_path and st.server_name. Returns the reply line (an object with
+// "ok": true); the bytes announced by its "length" go to *body. errc::refused with the relay's
+// reason in *why; other codes for network, TLS or malformed replies.
+result<std::string> connector_request(const state& st, std::string_view request_line,
+                                      uint32_t deadline_ms, std::string* body, std::string* why);
+// The reply line of a connector request (without its '\n'): the length of the body that
+// follows (0: none; at most 1 MiB). errc::refused with the relay's reason in *why, or
+// errc::protocol_error for a line that is not such a reply.
+result<uint64_t> parse_service_reply(const std::string& line, std::string* why);
 
 } // namespace apprelay::connector

@@ -87,8 +87,21 @@ int main(int argc, char** argv) {
         "update", "verify a signed package and swap it in under the running connector");
     update->add_option("--state-dir", upd.state_dir, "the running connector's --state-dir")
         ->required();
-    update->add_option("--package", upd.package_dir, "package directory (update-sign --out)")
-        ->required();
+    auto* pkg_opt =
+        update->add_option("--package", upd.package_dir, "package directory (update-sign --out)");
+    auto* from_relay = update->add_flag(
+        "--from-relay", upd.from_relay,
+        "download the package the relay serves ([connectors] update_package) instead");
+    pkg_opt->excludes(from_relay);
+    bool no_turn = false;
+    update->add_flag("--no-turn", no_turn,
+                     "do not ask the relay for the group's update turn (UPDATE.md \"Turns\")");
+    update
+        ->add_option("--turn-timeout-s", upd.turn_timeout_s,
+                     "refuse the update (touching nothing) without a turn within this")
+        ->check(CLI::Range(1u, 24u * 3600u));
+    update->add_option("--relay-enroll", upd.relay_enroll,
+                       "the relay's enrollment listener HOST:PORT (default: DIR/relay.json's)");
     update->add_option("--pubkey", upd.pubkey_path, "Ed25519 public key (PEM) that signs packages")
         ->required();
     update->add_option("--install", upd.install_path,
@@ -102,7 +115,16 @@ int main(int argc, char** argv) {
                      "the old connector must exit within this after SIGTERM")
         ->check(CLI::Range(1u, 3600u));
     update->add_option("--log", upd.log_path,
-                       "output of the started connector (default: DIR/connector.log)");
+                       "output of the started connector (default: DIR/connector.log; not "
+                       "with --supervised)");
+    update->add_flag("--supervised", upd.supervised,
+                     "a supervisor (systemd Restart=always) starts the connector: install, "
+                     "restart it, watch run.json for the new pid; never start one");
+    update
+        ->add_option("--restart-cmd", upd.restart_cmd,
+                     "with --supervised: shell command that restarts the connector (e.g. "
+                     "\"systemctl restart apprelay-connector@NAME\"); default: SIGTERM")
+        ->needs("--supervised");
 
     app.set_version_flag("--version", o.version);
     CLI11_PARSE(app, argc, argv);
@@ -113,6 +135,11 @@ int main(int argc, char** argv) {
         return apprelay::connector::run_update_keygen(keygen_dir);
     }
     if (update->parsed()) {
+        upd.turn = !no_turn;
+        if (upd.package_dir.empty() && !upd.from_relay) {
+            std::fprintf(stderr, "update: give --package DIR or --from-relay\n");
+            return 2;
+        }
         return apprelay::connector::run_update(upd);
     }
     if (status->parsed()) {

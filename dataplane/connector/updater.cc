@@ -6,13 +6,21 @@
 // and on a failure after `installed`: update_failed -> rolling_back (stop the new process,
 // rename PATH.prev -> PATH) -> started -> rolled_back (the old version has a tunnel again).
 // Nothing before `draining` changes the running connector; a refusal removes PATH.new.
+// Supervised (--supervised: systemd's Restart=always starts every connector, the updater never
+// forks one), `installed` comes first and `started` is the pid the supervisor started:
+//   verified -> staged -> installed -> draining (restart_cmd, else SIGTERM) -> drained
+//   -> started (run.json names a new pid) -> tunnel_up -> update_applied
+// and on a failure: update_failed -> rolling_back (rename PATH.prev -> PATH, restart the same
+// way) -> started -> rolled_back. A connector that does not exit puts PATH.prev back (exit 2).
 #include "dataplane/connector/updater.hh"
 
 #include "dataplane/base/log.hh"
 #include "dataplane/connector/package.hh"
+#include "dataplane/connector/relay_update.hh"
 #include "tls/ca.hh"
 #include "tls/sign.hh"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -183,49 +191,114 @@ void stop_child(pid_t pid) {
     ::waitpid(pid, nullptr, 0);
 }
 
-// Waits until the stats file is written by `pid` with tunnels_up > 0 and version `version`.
-// False (and *why) when the child exits (then reaped: *exited), reports another version, or the
-// deadline passes.
-bool wait_tunnel(pid_t pid, const std::string& stats_file, const std::string& version,
-                 uint32_t deadline_s, bool* exited, std::string* why) {
+// True once the process `r` describes is gone (or was not running) by `end`; polled through
+// /proc, since it is not our child.
+bool wait_gone(const run_record& r, clock::time_point end) {
+    while (is_recorded_connector(r) && clock::now() < end) {
+        std::this_thread::sleep_for(k_poll);
+    }
+    return !is_recorded_connector(r);
+}
+
+long long ms_since(clock::time_point t0) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - t0).count();
+}
+
+// The parent of `pid` (/proc/PID/stat's 4th field), or 0.
+int parent_of(int pid) {
+    std::string stat;
+    if (!slurp("/proc/" + std::to_string(pid) + "/stat", &stat)) {
+        return 0;
+    }
+    auto paren = stat.rfind(')');
+    return paren == std::string::npos ? 0 : std::atoi(stat.c_str() + paren + 4);
+}
+
+// The connector wait_tunnel waits for: our child `pid` (waitpid tells how it exited), or, with
+// a non-empty `state_dir` (supervised), the first pid DIR/run.json names that is not one of
+// `replaced` and runs the recorded command: the supervisor started it. Found, it is logged
+// `started` and watched through /proc (`rec`: its record).
+struct successor {
+    pid_t pid = 0;
+    std::string stats_file;
+    std::string state_dir;
+    std::vector<int> replaced;
+    run_record rec;
+};
+
+// Supervised: looks for the successor in run.json once; true when found.
+bool find_successor(successor* s, const std::string& version) {
+    auto r = read_run_record(s->state_dir, nullptr);
+    if (!r.ok() || std::find(s->replaced.begin(), s->replaced.end(), r->pid) != s->replaced.end() ||
+        !is_recorded_connector(*r)) {
+        return false;
+    }
+    s->pid = r->pid;
+    s->stats_file = r->stats_file;
+    s->rec = std::move(*r);
+    log::info("started", {{"pid", s->pid},
+                          {"version", version},
+                          {"supervised", true},
+                          {"parent", parent_of(s->pid)}});
+    return true;
+}
+
+// Waits until the stats file is written by the successor with tunnels_up > 0 and version
+// `version`. False (and *why) when it exits (a child is then reaped: *exited), reports another
+// version, or the deadline passes (supervised: also when no new pid recorded itself by then).
+bool wait_tunnel(successor* s, const std::string& version, uint32_t deadline_s, bool* exited,
+                 std::string* why) {
     *exited = false;
+    const bool supervised = !s->state_dir.empty();
     auto t0 = clock::now();
     auto end = t0 + std::chrono::seconds(deadline_s);
-    auto ms = [&] {
-        return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - t0).count();
-    };
     while (clock::now() < end) {
         int status = 0;
-        if (::waitpid(pid, &status, WNOHANG) == pid) {
+        if (!supervised && ::waitpid(s->pid, &status, WNOHANG) == s->pid) {
             *exited = true;
-            set_why(why, "pid " + std::to_string(pid) + " exited (" +
+            set_why(why, "pid " + std::to_string(s->pid) + " exited (" +
                              (WIFEXITED(status) ? "code " + std::to_string(WEXITSTATUS(status))
                                                 : "signal " + std::to_string(WTERMSIG(status))) +
-                             ") " + std::to_string(ms()) + " ms after start");
+                             ") " + std::to_string(ms_since(t0)) + " ms after start");
+            return false;
+        }
+        if (supervised && s->pid == 0 && !find_successor(s, version)) {
+            std::this_thread::sleep_for(k_poll);
+            continue;
+        }
+        if (supervised && !is_recorded_connector(s->rec)) {
+            *exited = true;
+            set_why(why, "pid " + std::to_string(s->pid) + " (started by the supervisor) exited " +
+                             std::to_string(ms_since(t0)) + " ms after the restart");
             return false;
         }
         std::string text;
-        if (slurp(stats_file, &text)) {
+        if (slurp(s->stats_file, &text)) {
             auto j = nlohmann::json::parse(text, nullptr, false);
-            if (j.is_object() && j.value("pid", int64_t(0)) == pid &&
+            if (j.is_object() && j.value("pid", int64_t(0)) == s->pid &&
                 j.value("tunnels_up", uint64_t(0)) > 0) {
                 std::string reported = j.value("version", std::string());
                 if (reported != version) {
-                    set_why(why, "pid " + std::to_string(pid) + " reports version " + reported +
+                    set_why(why, "pid " + std::to_string(s->pid) + " reports version " + reported +
                                      ", expected " + version);
                     return false;
                 }
-                log::info("tunnel_up", {{"pid", pid},
+                log::info("tunnel_up", {{"pid", s->pid},
                                         {"tunnels", j.value("tunnels_up", uint64_t(0))},
                                         {"version", reported},
-                                        {"after_ms", ms()}});
+                                        {"after_ms", ms_since(t0)}});
                 return true;
             }
         }
         std::this_thread::sleep_for(k_poll);
     }
-    set_why(why, "pid " + std::to_string(pid) + " brought no tunnel up within " +
-                     std::to_string(deadline_s) + " s");
+    if (s->pid == 0) {
+        set_why(why, "no new connector recorded itself in " + s->state_dir + "/run.json within " +
+                         std::to_string(deadline_s) + " s");
+    } else {
+        set_why(why, "pid " + std::to_string(s->pid) + " brought no tunnel up within " +
+                         std::to_string(deadline_s) + " s");
+    }
     return false;
 }
 
@@ -233,6 +306,197 @@ int refuse(const std::string& why) {
     log::error("update_refused", {{"reason", why}});
     std::fprintf(stderr, "update refused: %s\n", why.c_str());
     return k_update_refused;
+}
+
+// One swap: PATH, PATH.new (staged, fsynced), PATH.prev, and PATH's mode.
+struct swap_paths {
+    std::string install;
+    std::string staged;
+    std::string prev;
+    mode_t mode = 0;
+};
+
+// `installed`: PATH.prev is a second name for the old inode; the rename swaps PATH in one step.
+// False (PATH.new removed, message on stderr) when either fails.
+bool install_staged(const swap_paths& p, const std::string& version) {
+    std::string why;
+    ::unlink(p.prev.c_str());
+    if (::link(p.install.c_str(), p.prev.c_str()) != 0) {
+        std::string old;
+        if (!slurp(p.install, &old) || !write_synced(p.prev, old, p.mode & 07777, &why)) {
+            ::unlink(p.staged.c_str());
+            log::error("update_failed", {{"reason", "cannot keep the old binary"}, {"why", why}});
+            std::fprintf(stderr, "update failed: cannot keep %s: %s\n", p.prev.c_str(),
+                         why.c_str());
+            return false;
+        }
+    }
+    if (std::rename(p.staged.c_str(), p.install.c_str()) != 0) {
+        ::unlink(p.staged.c_str());
+        std::fprintf(stderr, "update failed: rename %s: %s\n", p.staged.c_str(),
+                     std::strerror(errno));
+        return false;
+    }
+    sync_dir(p.install);
+    log::info("installed", {{"path", p.install}, {"prev", p.prev}, {"version", version}});
+    return true;
+}
+
+// rename(PATH.prev, PATH): the old binary byte for byte. False (and *why) when it fails.
+bool restore_prev(const swap_paths& p, std::string* why) {
+    if (std::rename(p.prev.c_str(), p.install.c_str()) != 0) {
+        set_why(why, "rename " + p.prev + ": " + std::strerror(errno));
+        return false;
+    }
+    sync_dir(p.install);
+    return true;
+}
+
+// Runs `cmd` with /bin/sh -c in its own process group (stdout onto stderr: stdout carries the
+// updater's result line) for at most `limit`, then kills the group; logs `restart_cmd`. True
+// when it exited 0; otherwise *why names how it ended.
+bool run_restart_cmd(const std::string& cmd, std::chrono::seconds limit, std::string* why) {
+    auto t0 = clock::now();
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        // Child: only async-signal-safe calls until exec.
+        ::setpgid(0, 0);
+        int in = ::open("/dev/null", O_RDONLY);
+        ::dup2(in, 0);
+        ::dup2(2, 1);
+        ::close_range(3, ~0U, 0);
+        ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    if (pid < 0) {
+        set_why(why, std::string("cannot run the restart command: fork failed: ") +
+                         std::strerror(errno));
+        return false;
+    }
+    ::setpgid(pid, pid); // also here: the kill below must reach the group even if it ran first
+    int status = 0;
+    pid_t r = 0;
+    while ((r = ::waitpid(pid, &status, WNOHANG)) == 0 && clock::now() < t0 + limit) {
+        std::this_thread::sleep_for(k_poll);
+    }
+    if (r == 0) {
+        ::kill(-pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        log::error("restart_cmd", {{"cmd", cmd}, {"timeout_s", int64_t(limit.count())}});
+        set_why(why, "restart command `" + cmd + "` still ran after " +
+                         std::to_string(limit.count()) + " s (killed)");
+        return false;
+    }
+    bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    std::string how = WIFEXITED(status) ? "code " + std::to_string(WEXITSTATUS(status))
+                                        : "signal " + std::to_string(WTERMSIG(status));
+    if (ok) {
+        log::info("restart_cmd", {{"cmd", cmd}, {"exit", how}, {"after_ms", ms_since(t0)}});
+    } else {
+        log::warn("restart_cmd", {{"cmd", cmd}, {"exit", how}, {"after_ms", ms_since(t0)}});
+        set_why(why, "restart command `" + cmd + "` exited (" + how + ")");
+    }
+    return ok;
+}
+
+// Has the supervisor replace the connector `r` (nullptr: none runs): the restart command, else
+// SIGTERM to r's pid once /proc shows the recorded command (Restart=always starts PATH again
+// after any exit). False (and *why) when the restart command failed.
+bool request_restart(const update_options& o, const run_record* r, std::string* why) {
+    if (!o.restart_cmd.empty()) {
+        return run_restart_cmd(o.restart_cmd,
+                               std::chrono::seconds(o.drain_timeout_s) + k_stop_grace, why);
+    }
+    if (r != nullptr && is_recorded_connector(*r)) {
+        ::kill(r->pid, SIGTERM);
+    }
+    return true;
+}
+
+// --supervised, after `staged` (see the top of the file): install, have the supervisor restart
+// the connector, watch run.json for the pid it starts; roll back the same way.
+int update_supervised(const update_options& o, const run_record& rec, const manifest& m,
+                      const swap_paths& p) {
+    if (!install_staged(p, m.version)) {
+        return k_update_failed;
+    }
+    std::string why;
+    const std::string via = o.restart_cmd.empty() ? "SIGTERM" : "restart_cmd";
+    auto t_drain = clock::now();
+    if (is_recorded_connector(rec)) {
+        log::info("draining", {{"pid", rec.pid},
+                               {"timeout_s", o.drain_timeout_s},
+                               {"supervised", true},
+                               {"via", via}});
+        bool asked = request_restart(o, &rec, &why);
+        bool gone = asked ? wait_gone(rec, t_drain + std::chrono::seconds(o.drain_timeout_s))
+                          : !is_recorded_connector(rec);
+        if (!gone) {
+            // It runs on, with the old code: PATH names the old binary again, as before.
+            std::string reason = asked ? "connector pid " + std::to_string(rec.pid) +
+                                             " did not exit within " +
+                                             std::to_string(o.drain_timeout_s) + " s of " +
+                                             (o.restart_cmd.empty() ? "SIGTERM" : "the restart")
+                                       : why;
+            std::string undo;
+            bool restored = restore_prev(p, &undo);
+            log::error("update_failed", {{"reason", reason},
+                                         {"pid", rec.pid},
+                                         {"timeout_s", o.drain_timeout_s},
+                                         {"restored", restored}});
+            std::fprintf(stderr, "update failed: %s; %s\n", reason.c_str(),
+                         restored ? "the old binary is back at its path"
+                                  : ("the old binary could not be put back: " + undo).c_str());
+            return restored ? k_update_failed : k_update_rollback_failed;
+        }
+        log::info("drained", {{"pid", rec.pid}, {"after_ms", ms_since(t_drain)}});
+    } else {
+        log::info(
+            "not_running",
+            {{"pid", rec.pid}, {"reason", "run.json's process is gone"}, {"supervised", true}});
+        if (!request_restart(o, nullptr, &why)) {
+            log::warn("restart_failed", {{"reason", why}});
+        }
+    }
+
+    successor next{0, {}, o.state_dir, {rec.pid}, {}};
+    bool exited = false;
+    if (wait_tunnel(&next, m.version, o.deadline_s, &exited, &why)) {
+        log::info("update_applied",
+                  {{"pid", next.pid}, {"version", m.version}, {"supervised", true}});
+        std::printf("updated to %s: pid %d (started by its supervisor) has a tunnel up\n",
+                    m.version.c_str(), int(next.pid));
+        return k_update_applied;
+    }
+    log::error("update_failed", {{"reason", why}, {"version", m.version}});
+    std::fprintf(stderr, "update failed: %s; rolling back to %s\n", why.c_str(),
+                 rec.version.c_str());
+    log::info("rolling_back", {{"path", p.install}, {"to", rec.version}, {"supervised", true}});
+    if (!restore_prev(p, &why)) {
+        std::fprintf(stderr, "rollback failed: %s\n", why.c_str());
+        return k_update_rollback_failed;
+    }
+    // The failed pid, when one recorded itself and runs, is replaced the same way; one that
+    // ignores SIGTERM is killed after k_stop_grace, as a failed child would be. A new binary that
+    // never recorded itself is left to the supervisor (or the restart command) to replace.
+    const run_record* failed = next.pid != 0 && !exited ? &next.rec : nullptr;
+    if (!request_restart(o, failed, &why)) {
+        log::warn("restart_failed", {{"reason", why}});
+    }
+    if (failed != nullptr && !wait_gone(*failed, clock::now() + k_stop_grace)) {
+        ::kill(failed->pid, SIGKILL);
+    }
+    successor back{0, {}, o.state_dir, {rec.pid, next.pid}, {}};
+    if (wait_tunnel(&back, rec.version, o.deadline_s, &exited, &why)) {
+        log::info("rolled_back",
+                  {{"pid", back.pid}, {"version", rec.version}, {"supervised", true}});
+        std::fprintf(stderr, "rolled back: %s runs again as pid %d (started by its supervisor)\n",
+                     rec.version.c_str(), int(back.pid));
+        return k_update_rolled_back;
+    }
+    log::error("rollback_failed", {{"reason", why}});
+    std::fprintf(stderr, "rollback failed: %s\n", why.c_str());
+    return k_update_rollback_failed;
 }
 
 } // namespace
@@ -371,7 +635,36 @@ int run_update(const update_options& o) {
         return refuse("cannot read the update public key " + o.pubkey_path);
     }
     const bool running = is_recorded_connector(*rec);
-    auto m = verify_package(read_package(o.package_dir), pub,
+    // The relay's view of this connector (turns, the package it serves): state dir + override.
+    state relay_state;
+    const bool ask_relay = o.from_relay || o.turn;
+    if (ask_relay) {
+        auto sst = load_state(o.state_dir, &why);
+        if (!sst.ok()) {
+            return refuse(why);
+        }
+        relay_state = *sst;
+        if (!o.relay_enroll.empty()) {
+            relay_state.enroll = o.relay_enroll;
+        }
+    }
+    std::string package_dir = o.package_dir;
+    if (o.from_relay) {
+        package_dir = o.state_dir + "/update-download";
+        bool up_to_date = false;
+        auto f = fetch_relay_package(relay_state, package_dir, rec->version, &up_to_date, &why);
+        if (!f.ok()) {
+            return refuse(why);
+        }
+        if (up_to_date) {
+            // Following the relay (a timer runs this): nothing to do is not a failure.
+            log::info("up_to_date", {{"version", rec->version}, {"relay_package", *f}});
+            std::printf("up to date: the connector runs %s, the relay serves %s\n",
+                        rec->version.c_str(), f->c_str());
+            return k_update_applied;
+        }
+    }
+    auto m = verify_package(read_package(package_dir), pub,
                             package_expect{host_arch(), rec->version}, &why);
     if (!m.ok()) {
         return refuse(why);
@@ -392,7 +685,7 @@ int run_update(const update_options& o) {
     std::string binary;
     const std::string staged = install + ".new";
     const std::string prev = install + ".prev";
-    if (!slurp(o.package_dir + "/" + std::string(k_binary_file), &binary) ||
+    if (!slurp(package_dir + "/" + std::string(k_binary_file), &binary) ||
         tls::sha256_hex(binary) != m->sha256) {
         return refuse("the package's binary changed while it was verified");
     }
@@ -401,16 +694,23 @@ int run_update(const update_options& o) {
         return refuse(why);
     }
     log::info("staged", {{"path", staged}});
+    if (o.turn) {
+        // One connector of a group at a time, granted by the relay (UPDATE.md "Turns").
+        if (auto t = wait_for_turn(relay_state, m->version, o.turn_timeout_s, &why); !t.ok()) {
+            ::unlink(staged.c_str());
+            return refuse(why);
+        }
+    }
 
+    const swap_paths paths{install, staged, prev, st.st_mode};
+    if (o.supervised) {
+        return update_supervised(o, *rec, *m, paths);
+    }
     auto t_drain = clock::now();
     if (running) {
         log::info("draining", {{"pid", rec->pid}, {"timeout_s", o.drain_timeout_s}});
         ::kill(rec->pid, SIGTERM);
-        auto end = t_drain + std::chrono::seconds(o.drain_timeout_s);
-        while (is_recorded_connector(*rec) && clock::now() < end) {
-            std::this_thread::sleep_for(k_poll);
-        }
-        if (is_recorded_connector(*rec)) {
+        if (!wait_gone(*rec, t_drain + std::chrono::seconds(o.drain_timeout_s))) {
             ::unlink(staged.c_str());
             log::error("update_failed", {{"reason", "connector did not exit after SIGTERM"},
                                          {"pid", rec->pid},
@@ -429,32 +729,17 @@ int run_update(const update_options& o) {
         log::info("not_running", {{"pid", rec->pid}, {"reason", "run.json's process is gone"}});
     }
 
-    // PATH.prev is a second name for the old inode; the rename swaps PATH in one step.
-    ::unlink(prev.c_str());
-    if (::link(install.c_str(), prev.c_str()) != 0) {
-        std::string old;
-        if (!slurp(install, &old) || !write_synced(prev, old, st.st_mode & 07777, &why)) {
-            ::unlink(staged.c_str());
-            log::error("update_failed", {{"reason", "cannot keep the old binary"}, {"why", why}});
-            std::fprintf(stderr, "update failed: cannot keep %s: %s\n", prev.c_str(), why.c_str());
-            return k_update_failed;
-        }
-    }
-    if (std::rename(staged.c_str(), install.c_str()) != 0) {
-        ::unlink(staged.c_str());
-        std::fprintf(stderr, "update failed: rename %s: %s\n", staged.c_str(),
-                     std::strerror(errno));
+    if (!install_staged(paths, m->version)) {
         return k_update_failed;
     }
-    sync_dir(install);
-    log::info("installed", {{"path", install}, {"prev", prev}, {"version", m->version}});
 
     const std::string log_path = o.log_path.empty() ? o.state_dir + "/connector.log" : o.log_path;
     pid_t child = spawn(install, *rec, log_path, &why);
     if (child > 0) {
         log::info("started", {{"pid", child}, {"version", m->version}, {"log", log_path}});
         bool exited = false;
-        if (wait_tunnel(child, rec->stats_file, m->version, o.deadline_s, &exited, &why)) {
+        successor next{child, rec->stats_file, {}, {}, {}};
+        if (wait_tunnel(&next, m->version, o.deadline_s, &exited, &why)) {
             log::info("update_applied", {{"pid", child}, {"version", m->version}});
             std::printf("updated to %s: pid %d has a tunnel up\n", m->version.c_str(), int(child));
             return k_update_applied;
@@ -469,17 +754,16 @@ int run_update(const update_options& o) {
     std::fprintf(stderr, "update failed: %s; rolling back to %s\n", why.c_str(),
                  rec->version.c_str());
     log::info("rolling_back", {{"path", install}, {"to", rec->version}});
-    if (std::rename(prev.c_str(), install.c_str()) != 0) {
-        std::fprintf(stderr, "rollback failed: rename %s: %s\n", prev.c_str(),
-                     std::strerror(errno));
+    if (!restore_prev(paths, &why)) {
+        std::fprintf(stderr, "rollback failed: %s\n", why.c_str());
         return k_update_rollback_failed;
     }
-    sync_dir(install);
     child = spawn(install, *rec, log_path, &why);
     if (child > 0) {
         log::info("started", {{"pid", child}, {"version", rec->version}, {"log", log_path}});
         bool exited = false;
-        if (wait_tunnel(child, rec->stats_file, rec->version, o.deadline_s, &exited, &why)) {
+        successor back{child, rec->stats_file, {}, {}, {}};
+        if (wait_tunnel(&back, rec->version, o.deadline_s, &exited, &why)) {
             log::info("rolled_back", {{"pid", child}, {"version", rec->version}});
             std::fprintf(stderr, "rolled back: %s runs again as pid %d\n", rec->version.c_str(),
                          int(child));

@@ -1,9 +1,10 @@
 #pragma once
 // The connector updater (UPDATE.md): `update-sign` builds a signed package, `update` verifies one
 // and swaps it in under a running connector: drain (SIGTERM: GOAWAY, streams finish), replace the
-// binary atomically keeping PATH.prev, start the new one with the recorded arguments, and roll
-// back to PATH.prev if it brings no tunnel up within the deadline. `run --state-dir DIR` records
-// what the updater needs in DIR/run.json. CLI code: blocking, allocating, no exceptions.
+// binary atomically keeping PATH.prev, start the new one with the recorded arguments (supervised:
+// let systemd restart it from PATH), and roll back to PATH.prev if it brings no tunnel up within
+// the deadline. `run --state-dir DIR` records what the updater needs in DIR/run.json. CLI code:
+// blocking, allocating, no exceptions.
 #include "dataplane/base/result.hh"
 
 #include <cstdint>
@@ -62,6 +63,18 @@ struct update_options {
     std::string log_path;          // the started connector's output; empty: DIR/connector.log
     uint32_t deadline_s = 60;      // a started binary must bring a tunnel up within this
     uint32_t drain_timeout_s = 45; // the old connector must exit within this after SIGTERM
+    // Ask the relay for the group's update turn after staging, before draining (UPDATE.md
+    // "Turns"); refused (nothing touched) without one within turn_timeout_s.
+    bool turn = true;
+    uint32_t turn_timeout_s = 600;
+    // Download the package the relay serves instead of package_dir (into DIR/update-download).
+    bool from_relay = false;
+    std::string relay_enroll; // the relay's enrollment listener; empty: DIR/relay.json's
+    // A supervisor (systemd, Restart=always) starts every connector: install first, then have it
+    // restart the connector (restart_cmd, else SIGTERM) and watch run.json for the pid it starts;
+    // never fork one (UPDATE.md, "Under systemd").
+    bool supervised = false;
+    std::string restart_cmd; // run by /bin/sh -c; empty: SIGTERM to run.json's pid
 };
 int run_update(const update_options& o);
 

@@ -38,6 +38,10 @@ struct relay_config {
     // Fleet: this relay as a client of its peers (certificate from the relay CA, the peer's
     // chain pinned to it). Null: no forwarding hop.
     std::shared_ptr<tls::client_context> peer_tls;
+    // Control plane only (no worker reads it): the enrollment listener's context, asking every
+    // client for an optional certificate verified against the tenant CAs, so that registered
+    // connectors can make their requests there (control/enroll/PROTOCOL.md).
+    std::shared_ptr<tls::server_context> service_tls;
 };
 using config_cell = core::rcu_cell<relay_config>;
 

@@ -5,7 +5,8 @@
 //     token, name and version checks the store makes before any lookup (step 5,
 //     rules::parse_enrollment);
 //   - the connector's reply decoder (connector::parse_reply, step 6);
-//   - the connector's token parser (connector::parse_token, step 1).
+//   - the connector's token parser (connector::parse_token, step 1);
+//   - connector requests and their replies (check_service).
 // Whatever the bytes: a decoded request re-encodes (as the connector writes it) to the same
 // request; a decoded reply re-encodes (as the relay writes it, enroll::reply_line) to the same
 // reply; both sides agree on which tokens are well formed. The CSR inside a request has its own
@@ -121,6 +122,53 @@ void check_token(const std::string& line) {
     }
 }
 
+// PROTOCOL.md "Connector requests": the relay's decoder of a request line with an "op", and the
+// connector's decoder of the reply line. A decoded request re-encodes to the same request; a
+// reply round-trips through the relay's encoder with the same verdict and body length.
+void check_service(const std::string& line) {
+    enroll::service_request req;
+    bool bad = false;
+    if (enroll::parse_service_request(line, &req, &bad) && !bad) {
+        if (req.op.empty() || req.op == "enroll" || req.op.size() > 32 ||
+            req.version.size() > 255 || req.file.size() > 255) {
+            std::abort();
+        }
+        nlohmann::json j = {{"op", req.op}, {"version", req.version}, {"file", req.file},
+                            {"offset", req.offset}};
+        enroll::service_request again;
+        bool bad_again = false;
+        if (!enroll::parse_service_request(
+                j.dump(-1, ' ', false, nlohmann::json::error_handler_t::strict), &again,
+                &bad_again) ||
+            bad_again || again.op != req.op || again.version != req.version ||
+            again.file != req.file || again.offset != req.offset) {
+            std::abort();
+        }
+    }
+    std::string why;
+    auto r = connector::parse_service_reply(line, &why);
+    if (!r) {
+        if (why.empty() || (r.code() != errc::refused && r.code() != errc::protocol_error)) {
+            std::abort(); // the updater is always told why
+        }
+        return;
+    }
+    if (*r > enroll::k_max_fetch_chunk) {
+        std::abort();
+    }
+    enroll::service_reply out;
+    out.ok = true;
+    out.body.assign(*r, 'x');
+    std::string text = enroll::service_reply_line(out);
+    if (text.empty() || text.back() != '\n' || text.find('\n') != text.size() - 1) {
+        std::abort();
+    }
+    auto again = connector::parse_service_reply(text.substr(0, text.size() - 1), &why);
+    if (!again || *again != *r) {
+        std::abort();
+    }
+}
+
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -132,5 +180,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     check_request(line);
     check_reply(line);
     check_token(line);
+    check_service(line);
     return 0;
 }

@@ -2,7 +2,8 @@
 
 package:  scripts/package into a temp dir; each .deb checked with dpkg-deb (files, Depends that
           the host satisfies and that name every library the programs need, conffiles, amd64);
-          both installed into a scratch root with dpkg --root; the installed units pass
+          both installed into a scratch root with dpkg --root; the installed units (the relay's,
+          the connector's and its one-shot update unit, which runs `update --supervised`) pass
           `systemd-analyze verify`; the installed relay checks the installed relay.toml (ok) and a
           broken file (exit 1, the key named); remove keeps only the conffile, purge removes it.
 notify:   the built relay under a NOTIFY_SOCKET the test binds (what systemd does for Type=notify):
@@ -151,7 +152,8 @@ def verify_units(root, units):
         shutil.copy2(shutil.which("kill") or "/usr/bin/kill", os.path.join(vroot, "usr/bin/kill"))
         os.symlink("usr/bin", os.path.join(vroot, "bin"))
         shutil.copytree(os.path.join(root, "etc"), os.path.join(vroot, "etc"))
-        for u in ("apprelay.service", "apprelay-connector@.service"):
+        for u in ("apprelay.service", "apprelay-connector@.service",
+                  "apprelay-connector-update@.service", "apprelay-connector-update@.timer"):
             shutil.copy2(os.path.join(root, "usr/lib/systemd/system", u), unitdir)
         for unit in units:
             rc, out, err = run(["systemd-analyze", "verify", f"--root={vroot}", unit], timeout=60)
@@ -212,7 +214,9 @@ def package_body(env):
                     ["usr/bin/apprelay", "usr/bin/apprelayctl"], "/etc/apprelay/relay.toml"),
         conn_deb: ("apprelay-connector",
                    ["usr/bin/apprelay-connector",
-                    "usr/lib/systemd/system/apprelay-connector@.service"],
+                    "usr/lib/systemd/system/apprelay-connector@.service",
+                    "usr/lib/systemd/system/apprelay-connector-update@.service",
+                    "usr/lib/systemd/system/apprelay-connector-update@.timer"],
                    ["usr/bin/apprelay-connector"], None),
     }
     for deb, (name, files, bins, conffile) in expect.items():
@@ -294,7 +298,28 @@ def package_body(env):
                              "/var/lib/apprelay-connector/%i") for v in ck.get("ExecStart", [])),
             f"connector ExecStart {ck.get('ExecStart')}")
     check_hardening(conn_unit, "apprelay-connector@.service", "")
-    verify_units(root, ["apprelay.service", "apprelay-connector@site-a.service"])
+    update_unit = open(os.path.join(
+        root, "usr/lib/systemd/system/apprelay-connector-update@.service")).read()
+    uk = unit_settings(update_unit)
+    h.check(uk.get("Type") == ["oneshot"], "apprelay-connector-update@.service is Type=oneshot")
+    # ExecStart= with its continuation lines (a trailing backslash), whitespace folded.
+    exec_start = re.search(r"^ExecStart=((?:.*\\\n)*.*)$", update_unit, re.M).group(1)
+    exec_start = " ".join(exec_start.replace("\\\n", " ").split())
+    h.check(exec_start.startswith("/usr/bin/apprelay-connector update --supervised "
+                                  "--state-dir /var/lib/apprelay-connector/%i ") and
+            "--pubkey /etc/apprelay/update-pub.pem" in exec_start and
+            " --from-relay " in exec_start and
+            '"systemctl reset-failed apprelay-connector@%i.service; systemctl restart '
+            'apprelay-connector@%i.service"' in exec_start,
+            f"the update unit runs update --supervised with --restart-cmd systemctl restart "
+            f"apprelay-connector@%i ({exec_start})")
+    timer = unit_settings(open(os.path.join(
+        root, "usr/lib/systemd/system/apprelay-connector-update@.timer")).read())
+    h.check(timer.get("OnCalendar") == ["daily"] and timer.get("Persistent") == ["yes"],
+            f"the update timer runs daily, catching up missed runs ({timer})")
+    verify_units(root, ["apprelay.service", "apprelay-connector@site-a.service",
+                        "apprelay-connector-update@site-a.service",
+                        "apprelay-connector-update@site-a.timer"])
 
     # -- the installed relay checks the installed settings file ----------------------------------
     relay = os.path.join(root, "usr/bin/apprelay")

@@ -21,8 +21,30 @@ starts the new binary, which inherits it).
 3. update_rolled_back: a correctly signed 0.2.0 that is a shell script exiting 1: `update
    --deadline-s 10` exits 3 within the deadline + 5 s, logs update_failed then rolled_back; the
    installed binary is byte-identical to the old one, a new pid runs from it with version 0.1.0
-   and 2 tunnels up, and a stream echoes through it."""
+   and 2 tunnels up, and a stream echoes through it.
+4. update_supervised: `update --supervised` (UPDATE.md, "Under systemd") with c1 kept running by
+   restart_always.py, a stand-in for systemd's Restart=always (restarts it after any exit, and on
+   SIGUSR1 the way `systemctl restart` does); the supervisor gives a child the version its bytes
+   map to (APPRELAY_CONNECTOR_VERSION_OVERRIDE), since here the updater starts nothing. Group
+   Default = c1 + c2, 4 user threads looping 16 KiB echo streams through both updates:
+   a. 0.1.0 -> 0.2.0 by SIGTERM: verified, staged, installed, draining, drained, started,
+      tunnel_up, update_applied in that order, exit 0; the old c1 exited 0 with streams_cut=0;
+      the new pid in run.json is the supervisor's child (its parent, the `started` event's parent
+      and the supervisor's last start), not the updater's; it runs PATH (the package's bytes,
+      PATH.prev the old ones) and reports 0.2.0 with 2 tunnels; the relay lists c1 at 0.2.0.
+   b. 0.2.0 -> 0.3.0 by --restart-cmd (appends to a marker file, SIGUSR1 to the supervisor): the
+      command ran once (restart_cmd exit code 0), the supervisor restarted c1, which reports
+      0.3.0; the loop saw ZERO failed streams across a and b, and the new c1 takes streams.
+   c. a 0.4.0 that is a shell script exiting 1, with --restart-cmd and --deadline-s 8: exit 3
+      (no new pid recorded itself), update_failed -> rolling_back -> rolled_back, the command ran
+      twice more (update, rollback), the supervisor did run the broken PATH, PATH holds the 0.3.0
+      bytes again with no PATH.prev / PATH.new, and a new child of the supervisor reports 0.3.0
+      with 2 tunnels; a stream echoes.
+   d. a 0.4.0 that is the real connector reporting 0.1.0 (no version for its bytes), without
+      --restart-cmd: exit 3 ("reports version 0.1.0, expected 0.4.0"); the updater SIGTERMed that
+      pid (it exited 0, drained), the supervisor brought 0.3.0 back from the restored PATH."""
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -38,8 +60,14 @@ import groups_helpers as g  # noqa: E402
 SNI = "web.contoso.test"
 OLD_VERSION = "0.1.0"  # meson.build's project version: what the running connector reports
 NEW_VERSION = "0.2.0"
+NEWER_VERSION = "0.3.0"
+BROKEN_VERSION = "0.4.0"
+RESTART_ALWAYS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "restart_always.py")
 STEPS = ["verified", "staged", "draining", "drained", "installed", "started", "tunnel_up",
          "update_applied"]
+# --supervised installs first, then has the supervisor restart the connector.
+SUPERVISED_STEPS = ["verified", "staged", "installed", "draining", "drained", "started",
+                    "tunnel_up", "update_applied"]
 
 
 def sha256(path):
@@ -53,9 +81,11 @@ def read(path):
 
 
 class Updatable:
-    """c1 running from an installed copy of the connector binary, plus the update key pair."""
+    """c1 running from an installed copy of the connector binary, plus the update key pair.
+    supervised: c1 is run by restart_always.py (self.sup) instead of the test (self.c1 is None;
+    self.c1_pid is the pid run.json names)."""
 
-    def __init__(self, env, cids):
+    def __init__(self, env, cids, supervised=False):
         self.env = env
         _, port = env.start_backend("echo")
         topo = h.make_world(env.pki, [("web", SNI, f"127.0.0.1:{port}")], connectors=cids,
@@ -68,14 +98,26 @@ class Updatable:
         self.old_bytes = read(self.install)
         self.state = os.path.join(env.dir, "conn-c1")
         self.stats = g.conn_stats_path(env, "c1")
-        self.c1 = env.start("connector-c1", [self.install, "run", "--state-dir", self.state,
-                                             "--stats-file", self.stats, "--log-level", "info"])
+        argv = [self.install, "run", "--state-dir", self.state, "--stats-file", self.stats,
+                "--log-level", "info"]
+        self.sup = self.c1 = None
+        self.versions = os.path.join(env.dir, "versions.json")
+        self.sup_status = os.path.join(env.dir, "supervisor-c1.json")
+        if supervised:
+            self.sup = env.start("supervisor-c1", [
+                sys.executable, RESTART_ALWAYS, "--status", self.sup_status,
+                "--versions", self.versions, "--restart-sec", "1", "--max-starts", "40",
+                "--max-seconds", "110", "--stop-timeout-s", "30", "--"] + argv)
+            self.c1_pid = self.wait_supervised_pid(())
+        else:
+            self.c1 = env.start("connector-c1", argv)
+            self.c1_pid = self.c1.pid
         for cid in cids:
             if cid != "c1":
                 env.start_connector(cid)
         for cid in cids:
             env.wait_tunnels(2, connector=cid)
-        self.wait_conn_stats(self.c1.pid, OLD_VERSION)
+        self.wait_conn_stats(self.c1_pid, OLD_VERSION)
         keys = os.path.join(env.dir, "keys")
         os.makedirs(keys)
         self.key = os.path.join(keys, "update-key.pem")
@@ -83,6 +125,7 @@ class Updatable:
         h._openssl(["genpkey", "-algorithm", "ed25519", "-out", self.key], keys)
         h._openssl(["pkey", "-in", self.key, "-pubout", "-out", self.pub], keys)
         self.adopted = []  # connectors the updater started: stopped by pid at the end
+        self.updater_pids = []
 
     def conn_stats(self):
         try:
@@ -117,9 +160,39 @@ class Updatable:
             raise h.TestFailure(f"update-sign {out}: exit {r.returncode}: {r.stderr.strip()}")
         return os.path.join(self.env.dir, out)
 
-    def update(self, package, deadline_s=20, version_override=None, name="update"):
-        """Runs `apprelay-connector update` (from the build dir); returns (rc, output, seconds).
-        Its output also goes to <name>.log in the test dir."""
+    def sup_starts(self):
+        try:
+            return h.read_json_file(self.sup_status)["starts"]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    def wait_supervised_pid(self, replaced, timeout=20):
+        """The pid run.json names once it is a live child of the supervisor not in `replaced`."""
+        def found():
+            try:
+                pid = h.read_json_file(os.path.join(self.state, "run.json"))["pid"]
+            except (OSError, ValueError, KeyError):
+                return None
+            return pid if pid not in replaced and parent_of(pid) == self.sup.pid else None
+        return h.wait_until(found, timeout, f"run.json to name a child of the supervisor "
+                                            f"(pid {self.sup.pid}) other than {replaced}")
+
+    def set_versions(self, versions):
+        """{sha256: version} the supervisor gives its children (restart_always.py --versions)."""
+        with open(self.versions + ".tmp", "w") as f:
+            json.dump(versions, f)
+        os.rename(self.versions + ".tmp", self.versions)
+
+    def stop_supervisor(self):
+        """SIGTERM to the supervisor, which stops c1 (it drains) and exits."""
+        if self.sup is not None:
+            rc = self.sup.stop(timeout=40)
+            h.log(f"supervisor pid {self.sup.pid} exited {rc}")
+
+    def update(self, package, deadline_s=20, version_override=None, name="update", extra=()):
+        """Runs `apprelay-connector update` (from the build dir) with `extra` flags; returns (rc,
+        output, seconds). Its output also goes to <name>.log in the test dir; its pid is
+        appended to self.updater_pids."""
         env = dict(os.environ)
         env.pop("APPRELAY_CONNECTOR_VERSION_OVERRIDE", None)
         if version_override:
@@ -127,19 +200,30 @@ class Updatable:
         argv = [h.CONNECTOR_BIN, "update", "--state-dir", self.state, "--package", package,
                 "--pubkey", self.pub, "--install", self.install, "--deadline-s", str(deadline_s),
                 "--drain-timeout-s", "20",
-                "--log", os.path.join(self.env.dir, "connector-c1-updated.log")]
+                "--log", os.path.join(self.env.dir, "connector-c1-updated.log")] + list(extra)
         h.log("run: " + " ".join(argv))
         t0 = time.monotonic()
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=deadline_s + 60, env=env)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+        self.updater_pids.append(p.pid)
+        try:
+            stdout, stderr = p.communicate(timeout=deadline_s + 60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise h.TestFailure(f"update did not finish within {deadline_s + 60} s")
         secs = time.monotonic() - t0
-        out = r.stdout + r.stderr
+        out = stdout + stderr
         with open(os.path.join(self.env.dir, f"{name}.log"), "a") as f:
             f.write(out)
         print(out, end="")
         run = h.read_json_file(os.path.join(self.state, "run.json"))
-        if run["pid"] != self.c1.pid and run["pid"] not in self.adopted:
+        # A supervisor stops its own children; what the updater started is adopted.
+        started = (run["pid"] != self.c1.pid if self.sup is None else
+                   pid_alive(run["pid"]) and parent_of(run["pid"]) != self.sup.pid)
+        if started and run["pid"] not in self.adopted:
             self.adopted.append(run["pid"])
-        return r.returncode, out, secs
+        return p.returncode, out, secs
 
     def stop_adopted(self):
         """Stops the connectors the updater started (their cmdline names our state dir)."""
@@ -169,6 +253,15 @@ def pid_alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def parent_of(pid):
+    """The parent pid (/proc/PID/stat), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def step_order(out):
@@ -421,9 +514,161 @@ def update_rolled_back(env):
         u.stop_adopted()
 
 
+def update_supervised(env):
+    u = Updatable(env, ("c1", "c2"), supervised=True)
+    loop = None
+    marker = os.path.join(env.dir, "restart-requests")
+    # What `systemctl restart` does for a unit, through the stand-in: note the request, SIGUSR1.
+    restart_cmd = f"echo requested >> {marker} && kill -USR1 {u.sup.pid}"
+
+    def requests():
+        try:
+            with open(marker) as f:
+                return len(f.read().splitlines())
+        except OSError:
+            return 0
+
+    def child_of_supervisor(what, out, version, replaced, sha):
+        """run.json's new pid: the supervisor's child (not the updater's) running PATH with
+        `sha`, reporting `version` with 2 tunnels; the updater's `started` event names it."""
+        pid = u.wait_supervised_pid(replaced, timeout=5)
+        parent = parent_of(pid)
+        h.check(parent == u.sup.pid and parent not in u.updater_pids,
+                f"{what}: run.json names pid {pid}, whose parent is the supervisor (pid "
+                f"{u.sup.pid}), not the updater (pid {u.updater_pids[-1]})")
+        started = [e for e in g.events(out, "started") if e.get("pid") == str(pid)]
+        h.check(started and started[-1].get("supervised") == "true" and
+                started[-1].get("parent") == str(u.sup.pid),
+                f"{what}: the updater logged started pid={pid} supervised=true "
+                f"parent={u.sup.pid} ({started})")
+        last = u.sup_starts()[-1] if u.sup_starts() else {}
+        h.check(last.get("pid") == pid and last.get("exit") is None,
+                f"{what}: the supervisor's last start is pid {pid}, running ({last})")
+        h.check(os.readlink(f"/proc/{pid}/exe") == u.install and sha256(u.install) == sha,
+                f"{what}: pid {pid} runs {u.install}, which holds the expected bytes")
+        u.wait_conn_stats(pid, version, timeout=10)
+        h.check(True, f"{what}: pid {pid} reports {version} with 2 tunnels up")
+        return pid
+
+    try:
+        pkg = u.sign(u.new_binary("new-connector"), "pkg-new")
+        pkg_sha = sha256(os.path.join(pkg, "apprelay-connector"))
+        pkg3 = u.sign(u.new_binary("newer-connector"), "pkg-newer", version=NEWER_VERSION)
+        pkg3_sha = sha256(os.path.join(pkg3, "apprelay-connector"))
+        u.set_versions({pkg_sha: NEW_VERSION, pkg3_sha: NEWER_VERSION})
+        loop = StreamLoop(env)
+        h.wait_until(lambda: loop.counts()[0] >= 20, 20, "20 streams echoed before the update")
+        before = loop.counts()
+
+        # -- a. SIGTERM; Restart=always brings the new PATH up ---------------------------------
+        old_pid = u.c1_pid
+        rc, out, secs = u.update(pkg, extra=["--supervised"], name="update-supervised")
+        h.check(rc == 0, f"update --supervised exited {rc} in {secs:.1f} s")
+        steps = [s for s in step_order(out) if s in SUPERVISED_STEPS]
+        h.check(steps == SUPERVISED_STEPS, f"the updater logged {' -> '.join(steps)}")
+        h.check(g.events(out, "draining", via="SIGTERM", supervised="true"),
+                "draining names SIGTERM, supervised")
+        old = [s for s in u.sup_starts() if s["pid"] == old_pid]
+        h.check(old and old[0]["exit"] == 0,
+                f"the old c1 (pid {old_pid}) exited 0 after SIGTERM ({old})")
+        h.check(g.events(u.sup.log_text(), "stopped", streams_cut="0"),
+                "the old c1 logged stopped streams_cut=0")
+        new_pid = child_of_supervisor("a", out, NEW_VERSION, (old_pid,), pkg_sha)
+        h.check(read(u.install + ".prev") == u.old_bytes and
+                not os.path.exists(u.install + ".new"), "PATH.prev holds the old bytes")
+
+        def relay_version():
+            listed = {c["id"]: c for c in env.ctl_json("connectors", "list")["connectors"]}
+            return listed[env.connector_ids["c1"]].get("version") == NEW_VERSION
+        h.wait_until(relay_version, 10, f"the relay lists c1 at {NEW_VERSION}")
+        h.check(True, f"apprelayctl connectors list shows c1 at {NEW_VERSION}")
+
+        # -- b. --restart-cmd ------------------------------------------------------------------
+        rc, out, secs = u.update(pkg3, extra=["--supervised", "--restart-cmd", restart_cmd],
+                                 name="update-restart-cmd")
+        h.check(rc == 0, f"update --supervised --restart-cmd exited {rc} in {secs:.1f} s")
+        steps = [s for s in step_order(out) if s in SUPERVISED_STEPS]
+        h.check(steps == SUPERVISED_STEPS, f"the updater logged {' -> '.join(steps)}")
+        h.check(requests() == 1 and g.events(out, "restart_cmd", exit="code 0") and
+                g.events(out, "draining", via="restart_cmd"),
+                f"the restart command ran once and exited 0 ({requests()} requests)")
+        h.check("restart requested (SIGUSR1)" in u.sup.log_text(),
+                "the supervisor restarted c1 on the command's request")
+        newer_pid = child_of_supervisor("b", out, NEWER_VERSION, (old_pid, new_pid), pkg3_sha)
+        h.wait_until(lambda: g.conn_counter(env, "c1", "streams_opened") > 0, 15,
+                     "the new c1 to take streams")
+        h.check(True, f"c1 at {NEWER_VERSION} took {g.conn_counter(env, 'c1', 'streams_opened')}"
+                      f" streams")
+        ok, failed = loop.finish()
+        loop = None
+        h.check(ok - before[0] >= 20, f"{ok - before[0]} streams echoed during and after the two "
+                                      f"updates ({ok} in all)")
+        h.check(failed == 0, f"ZERO failed streams while c1 updated twice under its supervisor "
+                             f"({failed} of {ok + failed})")
+
+        # -- c. a broken 0.4.0, rolled back through the restart command ------------------------
+        broken = u.new_binary("broken-connector",
+                              b"#!/bin/sh\necho 'broken build: exiting' >&2\nexit 1\n")
+        pkg4 = u.sign(broken, "pkg-broken", version=BROKEN_VERSION)
+        broken_sha = sha256(broken)
+        deadline = 8
+        rc, out, secs = u.update(pkg4, deadline_s=deadline, name="update-supervised-broken",
+                                 extra=["--supervised", "--restart-cmd", restart_cmd])
+        h.check(rc == 3, f"update exited {rc} (3 = rolled back) after {secs:.1f} s")
+        h.check(secs <= deadline * 2 + 5, f"rolled back within 2 deadlines + 5 s ({secs:.1f} s)")
+        steps = step_order(out)
+        h.check("update_failed" in steps and "rolled_back" in steps and
+                steps.index("installed") < steps.index("update_failed") <
+                steps.index("rolling_back") < steps.index("rolled_back"),
+                f"the updater logged installed -> update_failed -> rolling_back -> rolled_back "
+                f"({steps})")
+        h.check(f"no new connector recorded itself in {u.state}/run.json within {deadline} s"
+                in out, "the failure says no new pid recorded itself within the deadline")
+        h.check(requests() == 3, f"the restart command ran for the update and for the rollback "
+                                 f"({requests()} requests in all)")
+        ran_broken = [s for s in u.sup_starts() if s["sha256"] == broken_sha]
+        # (one may have been stopped by the rollback's restart instead of exiting by itself)
+        h.check(any(s["exit"] == 1 for s in ran_broken) and
+                all(s["exit"] not in (None, 0) for s in ran_broken),
+                f"the supervisor ran the broken PATH {len(ran_broken)} times: it exits 1 "
+                f"({[s['exit'] for s in ran_broken]})")
+        h.check(sha256(u.install) == pkg3_sha and not os.path.exists(u.install + ".prev") and
+                not os.path.exists(u.install + ".new"),
+                f"PATH holds the {NEWER_VERSION} bytes again; no PATH.prev, no PATH.new")
+        back_pid = child_of_supervisor("c", out, NEWER_VERSION, (old_pid, new_pid, newer_pid),
+                                       pkg3_sha)
+        h.check(g.events(out, "rolled_back", pid=back_pid), f"rolled_back names pid {back_pid}")
+        h.check(g.echo_ok(env, SNI), "a stream echoes through the restored c1")
+
+        # -- d. a 0.4.0 reporting another version: SIGTERM to it, the supervisor restores -------
+        wrong = u.new_binary("unversioned-connector")  # no version for its bytes: reports 0.1.0
+        pkg5 = u.sign(wrong, "pkg-unversioned", version=BROKEN_VERSION)
+        rc, out, secs = u.update(pkg5, deadline_s=15, extra=["--supervised"],
+                                 name="update-supervised-wrong")
+        h.check(rc == 3 and f"reports version {OLD_VERSION}, expected {BROKEN_VERSION}" in out,
+                f"a 0.4.0 that reports {OLD_VERSION} is rolled back (exit {rc}, {secs:.1f} s)")
+        failed_ev = [e for e in g.events(out, "started", version=BROKEN_VERSION)]
+        h.check(len(failed_ev) == 1, f"the updater saw the supervisor start it ({failed_ev})")
+        failed_pid = int(failed_ev[0]["pid"])
+        gone = [s for s in u.sup_starts() if s["pid"] == failed_pid]
+        h.check(gone and gone[0]["exit"] == 0 and not pid_alive(failed_pid),
+                f"the failed pid {failed_pid} got SIGTERM and exited 0 ({gone})")
+        h.check(requests() == 3, "no restart command this time")
+        h.check(sha256(u.install) == pkg3_sha, f"PATH holds the {NEWER_VERSION} bytes again")
+        child_of_supervisor("d", out, NEWER_VERSION,
+                            (old_pid, new_pid, newer_pid, back_pid, failed_pid), pkg3_sha)
+        h.check(g.echo_ok(env, SNI), "a stream echoes through the restored c1")
+    finally:
+        if loop is not None:
+            loop.finish()
+        u.stop_supervisor()
+        u.stop_adopted()  # none, unless the updater started a connector itself
+
+
 CASES = {"applied": ("update_applied", update_applied),
          "refused": ("update_refused", update_refused),
-         "rolled_back": ("update_rolled_back", update_rolled_back)}
+         "rolled_back": ("update_rolled_back", update_rolled_back),
+         "supervised": ("update_supervised", update_supervised)}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(CASES)
