@@ -120,10 +120,17 @@ enroll::service_reply connector_service::handle(const enroll::service_request& r
         return refused("connector certificate required (" +
                        (req.cert_problem.empty() ? std::string("none") : req.cert_problem) + ")");
     }
-    auto view = _store.load();
-    if (!view) {
-        return refused("store unavailable: " + view.err().message);
+    // A download is many update_fetch requests: they (and update_info) share one read of the
+    // store per second. A turn is decided on a fresh read (group members' status).
+    if (req.op == "update_turn" || !_view || now != _view_at) {
+        auto v = _store.load();
+        if (!v) {
+            return refused("store unavailable: " + v.err().message);
+        }
+        _view = std::make_unique<store_view>(std::move(v.value()));
+        _view_at = now;
     }
+    const store_view* view = _view.get();
     const connector* me = nullptr;
     for (const auto& c : view->connectors) {
         if (c.fingerprint == req.peer_fingerprint) {

@@ -4,10 +4,12 @@
 // update package itself in chunks (update_fetch), and a turn to update (update_turn, turns.hh).
 // Runs on the enrollment thread with that thread's own store connection.
 #include "control/enroll/server.hh"
+#include "control/store/model.hh"
 #include "control/turns.hh"
 #include "dataplane/base/result.hh"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace apprelay::control {
@@ -47,6 +49,8 @@ private:
     store& _store;
     const relay_settings& _settings;
     update_turns& _turns;
+    std::unique_ptr<store_view> _view; // the last read of the store, at _view_at (unix s)
+    int64_t _view_at = 0;
 };
 
 } // namespace apprelay::control

@@ -1,10 +1,11 @@
 #include "control/ctl/cli.hh"
 
 #include "control/ctl/client.hh"
-#include "control/ctl/docs.hh"
 #include "control/ctl/output.hh"
 #include "tls/ca.hh"
 
+#include <algorithm>
+#include <array>
 #include <cstring>
 #include <ctime>
 #include <fmt/format.h>
@@ -45,14 +46,45 @@ struct app_options {
     int64_t idle_timeout_ms = -1; // -1 = not given
 };
 
-void add_app_options(CLI::App* sub, app_options& o, bool backend_required) {
+// Objects on the relay whose names a value can take, for the completion script: `__names KIND`
+// prints the `field` of each object the list call returns under the key KIND (API.md), one a
+// line. Tokens: only the valid ones, the only ones `tokens revoke` takes.
+struct name_list {
+    std::string_view kind;
+    api_call (*list)(std::string_view tenant);
+    std::string_view field;
+    std::string_view state; // only objects in this state; empty = all
+};
+const std::array<name_list, 6> k_name_lists = {{
+    {"tenants", [](std::string_view) { return tenants_list_call(); }, "name", ""},
+    {"relays", [](std::string_view) { return relays_list_call(); }, "node", ""},
+    {"groups", &groups_list_call, "name", ""},
+    {"connectors", &connectors_list_call, "id", ""},
+    {"apps", &apps_list_call, "name", ""},
+    {"tokens", &tokens_list_call, "id", "valid"},
+}};
+
+// KIND has passed the CLI::IsMember check built from the same table.
+const name_list& find_name_list(std::string_view kind) {
+    return *std::find_if(k_name_lists.begin(), k_name_lists.end(),
+                         [&](const name_list& l) { return l.kind == kind; });
+}
+
+// Marks a value as naming an existing object of `kind` (k_name_lists).
+CLI::Option* names_of(value_names& names, CLI::Option* o, std::string_view kind) {
+    names[o] = std::string(kind);
+    return o;
+}
+
+void add_app_options(CLI::App* sub, app_options& o, bool backend_required, value_names& names) {
     auto* backend = sub->add_option("--backend", o.backend, "backend HOST:PORT");
     if (backend_required) {
         backend->required();
     }
     sub->add_option("--hostname", o.hostname, "external hostname (TLS SNI)");
     sub->add_option("--port", o.port, "listen port on the relay")->check(CLI::Range(1, 65535));
-    sub->add_option("--group", o.group, "connector group (default Default)");
+    names_of(names, sub->add_option("--group", o.group, "connector group (default Default)"),
+             "groups");
     sub->add_option("--access", o.access, "access rule")
         ->check(CLI::IsMember({"passthrough", "user-cert"}));
     sub->add_option("--allow-group", o.allow_groups, "user group allowed (user-cert), repeatable");
@@ -125,6 +157,19 @@ std::optional<json> write_user_files(const json& j, const std::string& out_prefi
                 {"key_file", out_prefix + ".key"}};
 }
 
+// __names KIND: one name a line; with --json a JSON array of them.
+command names_command(const name_list& l, const std::string& tenant) {
+    auto names = [&l](const json& j) { return listed_names(j, l.kind, l.field, l.state); };
+    return command{l.list(tenant), json_renderer([names](const json& j) {
+                       std::string out;
+                       for (const auto& n : names(j)) {
+                           out += n + "\n";
+                       }
+                       return text(std::move(out));
+                   }),
+                   json_renderer([names](const json& j) { return json_text(names(j)); })};
+}
+
 // --json is looked for before parsing too: a parse error must already honour it.
 bool json_requested(int argc, const char* const* argv) {
     for (int i = 1; i < argc; ++i) {
@@ -143,6 +188,7 @@ bool json_requested(int argc, const char* const* argv) {
 struct command_line::impl {
     CLI::App app{"apprelayctl: manage an apprelay relay through its admin API"};
     std::vector<std::pair<CLI::App*, command_builder>> leaves;
+    value_names names;
 
     // Global options.
     std::string socket_path;
@@ -157,6 +203,7 @@ struct command_line::impl {
     CLI::App* man = nullptr;
 
     // The commands' arguments.
+    std::string names_kind;
     std::string drain_node;
     std::string ca_tenant;
     std::string group_name;
@@ -178,10 +225,13 @@ struct command_line::impl {
     std::string user_out;
 
     impl();
-    CLI::App* leaf(CLI::App* parent, const char* name, const char* help, command_builder b) {
+    CLI::App* leaf(CLI::App* parent, const std::string& name, const char* help, command_builder b) {
         CLI::App* sub = parent->add_subcommand(name, help);
         leaves.emplace_back(sub, std::move(b));
         return sub;
+    }
+    CLI::Option* names_of(CLI::Option* o, std::string_view kind) {
+        return ctl::names_of(names, o, kind);
     }
 };
 
@@ -197,7 +247,7 @@ command_line::impl::impl() {
                    "admin socket (default: $APPRELAY_ADMIN_SOCKET, else /run/apprelay/admin.sock)");
     app.add_option("--url", url, "admin API over loopback TCP: http://127.0.0.1:PORT");
     app.add_option("--token", token, "bearer token for --url (default: $APPRELAY_ADMIN_TOKEN)");
-    app.add_option("--tenant", tenant, "tenant (default: default)");
+    names_of(app.add_option("--tenant", tenant, "tenant (default: default)"), "tenants");
     app.add_flag("--json", json_output,
                  "machine-readable output: the API's JSON response as is (a JSON object for "
                  "metrics, users issue, completion and man); errors as {\"error\", \"status\"} "
@@ -222,15 +272,17 @@ command_line::impl::impl() {
                             json_renderer([](const json& j) { return text(format_relays(j)); }),
                             {}};
          });
-    leaf(relays, "drain", "drain a relay: GOAWAY to its tunnels, streams finish, it exits",
-         [&](std::string&) {
-             return command{relay_drain_call(drain_node),
-                            json_renderer([&](const json&) {
-                                return text("relay " + drain_node + " draining\n");
-                            }),
-                            {}};
-         })
-        ->add_option("NODE", drain_node, "the relay's node name ([fleet] node)")
+    auto* rdrain =
+        leaf(relays, "drain", "drain a relay: GOAWAY to its tunnels, streams finish, it exits",
+             [&](std::string&) {
+                 return command{relay_drain_call(drain_node),
+                                json_renderer([&](const json&) {
+                                    return text("relay " + drain_node + " draining\n");
+                                }),
+                                {}};
+             });
+    names_of(rdrain->add_option("NODE", drain_node, "the relay's node name ([fleet] node)"),
+             "relays")
         ->required();
 
     CLI::App* tenants = app.add_subcommand("tenants", "tenants")->require_subcommand(1);
@@ -239,14 +291,12 @@ command_line::impl::impl() {
                        json_renderer([](const json& j) { return text(format_tenants(j)); }),
                        {}};
     });
-    leaf(tenants, "ca", "print a tenant's CA certificate (PEM)",
-         [&](std::string&) {
-             return command{tenant_ca_call(ca_tenant),
-                            json_renderer([](const json& j) { return text(format_ca(j)); }),
-                            {}};
-         })
-        ->add_option("NAME", ca_tenant, "tenant")
-        ->required();
+    auto* tca = leaf(tenants, "ca", "print a tenant's CA certificate (PEM)", [&](std::string&) {
+        return command{tenant_ca_call(ca_tenant),
+                       json_renderer([](const json& j) { return text(format_ca(j)); }),
+                       {}};
+    });
+    names_of(tca->add_option("NAME", ca_tenant, "tenant"), "tenants")->required();
 
     CLI::App* groups = app.add_subcommand("groups", "connector groups")->require_subcommand(1);
     leaf(groups, "list", "list groups", [&](std::string&) {
@@ -270,7 +320,7 @@ command_line::impl::impl() {
                        confirm(fmt::format("renamed group {} to {}", group_name, group_new_name)),
                        {}};
     });
-    grename->add_option("OLD", group_name, "current name")->required();
+    names_of(grename->add_option("OLD", group_name, "current name"), "groups")->required();
     grename->add_option("NEW", group_new_name, "new name")->required();
     auto* gdelete = leaf(groups, "delete", "delete a group", [&](std::string&) {
         return command{
@@ -278,7 +328,7 @@ command_line::impl::impl() {
             json_renderer([&](const json& j) { return text(format_group_deleted(group_name, j)); }),
             {}};
     });
-    gdelete->add_option("NAME", group_name, "group name")->required();
+    names_of(gdelete->add_option("NAME", group_name, "group name"), "groups")->required();
     gdelete->add_flag("--force", group_force, "delete even with connectors (they move out)");
 
     CLI::App* connectors = app.add_subcommand("connectors", "connectors")->require_subcommand(1);
@@ -295,14 +345,14 @@ command_line::impl::impl() {
             confirm(fmt::format("moved connector {} to group {}", connector_id, connector_group)),
             {}};
     });
-    cmove->add_option("ID", connector_id, "connector id")->required();
-    cmove->add_option("GROUP", connector_group, "target group")->required();
+    names_of(cmove->add_option("ID", connector_id, "connector id"), "connectors")->required();
+    names_of(cmove->add_option("GROUP", connector_group, "target group"), "groups")->required();
     auto* cdelete = leaf(connectors, "delete", "delete (revoke) a connector", [&](std::string&) {
         return command{connector_delete_call(tenant, connector_id),
                        confirm(fmt::format("deleted connector {}", connector_id)),
                        {}};
     });
-    cdelete->add_option("ID", connector_id, "connector id")->required();
+    names_of(cdelete->add_option("ID", connector_id, "connector id"), "connectors")->required();
 
     CLI::App* apps = app.add_subcommand("apps", "applications")->require_subcommand(1);
     leaf(apps, "list", "list applications", [&](std::string&) {
@@ -318,7 +368,7 @@ command_line::impl::impl() {
                  : command{};
     });
     acreate->add_option("NAME", app_name, "application name")->required();
-    add_app_options(acreate, create_opts, true);
+    add_app_options(acreate, create_opts, true, names);
     auto* aupdate = leaf(apps, "update", "change an application", [&](std::string& why) {
         auto f = to_fields(update_opts, why);
         return f ? command{app_update_call(tenant, app_name, *f),
@@ -326,21 +376,21 @@ command_line::impl::impl() {
                            {}}
                  : command{};
     });
-    aupdate->add_option("NAME", app_name, "application name")->required();
-    add_app_options(aupdate, update_opts, false);
+    names_of(aupdate->add_option("NAME", app_name, "application name"), "apps")->required();
+    add_app_options(aupdate, update_opts, false, names);
     auto* aassign = leaf(apps, "assign", "assign an application to a group", [&](std::string&) {
         return command{app_assign_call(tenant, app_name, app_group),
                        confirm(fmt::format("assigned app {} to group {}", app_name, app_group)),
                        {}};
     });
-    aassign->add_option("NAME", app_name, "application name")->required();
-    aassign->add_option("GROUP", app_group, "connector group")->required();
+    names_of(aassign->add_option("NAME", app_name, "application name"), "apps")->required();
+    names_of(aassign->add_option("GROUP", app_group, "connector group"), "groups")->required();
     auto* adelete = leaf(apps, "delete", "delete an application", [&](std::string&) {
         return command{app_delete_call(tenant, app_name),
                        confirm(fmt::format("deleted app {}", app_name)),
                        {}};
     });
-    adelete->add_option("NAME", app_name, "application name")->required();
+    names_of(adelete->add_option("NAME", app_name, "application name"), "apps")->required();
 
     CLI::App* tokens = app.add_subcommand("tokens", "enrollment tokens")->require_subcommand(1);
     auto* tcreate = leaf(tokens, "create", "create an enrollment token", [&](std::string&) {
@@ -353,21 +403,21 @@ command_line::impl::impl() {
                        json_renderer([](const json& j) { return format_token_created(j); }),
                        {}};
     });
-    tcreate->add_option("--group", token_group, "group the connector joins (default Default)");
+    names_of(
+        tcreate->add_option("--group", token_group, "group the connector joins (default Default)"),
+        "groups");
     tcreate->add_option("--ttl", token_ttl, "lifetime in seconds (default 3600)");
     leaf(tokens, "list", "list tokens", [&](std::string&) {
         return command{tokens_list_call(tenant),
                        json_renderer([](const json& j) { return text(format_tokens(j)); }),
                        {}};
     });
-    leaf(tokens, "revoke", "revoke a token",
-         [&](std::string&) {
-             return command{token_revoke_call(tenant, token_id),
-                            confirm(fmt::format("revoked token {}", token_id)),
-                            {}};
-         })
-        ->add_option("ID", token_id, "token id")
-        ->required();
+    auto* trevoke = leaf(tokens, "revoke", "revoke a token", [&](std::string&) {
+        return command{token_revoke_call(tenant, token_id),
+                       confirm(fmt::format("revoked token {}", token_id)),
+                       {}};
+    });
+    names_of(trevoke->add_option("ID", token_id, "token id"), "tokens")->required();
 
     CLI::App* users = app.add_subcommand("users", "user certificates (issued by the tenant CA)")
                           ->require_subcommand(1);
@@ -402,6 +452,19 @@ command_line::impl::impl() {
         ->check(CLI::IsMember({"bash"}))
         ->required();
     man = app.add_subcommand("man", "print this manual page (roff, for man -l -)");
+
+    // The completion script's question to the relay (docs.hh k_names_command); hidden.
+    auto* names_cmd =
+        leaf(&app, std::string(k_names_command), "names of KIND on the relay, one a line",
+             [&](std::string&) { return names_command(find_name_list(names_kind), tenant); });
+    names_cmd->group("");
+    std::vector<std::string> kinds;
+    for (const auto& l : k_name_lists) {
+        kinds.emplace_back(l.kind);
+    }
+    names_cmd->add_option("KIND", names_kind, "what to list")
+        ->check(CLI::IsMember(kinds))
+        ->required();
 }
 
 command_line::command_line() : _impl(std::make_unique<impl>()) {}
@@ -409,6 +472,10 @@ command_line::~command_line() = default;
 
 const CLI::App& command_line::app() const {
     return _impl->app;
+}
+
+const value_names& command_line::names() const {
+    return _impl->names;
 }
 
 int command_line::run(int argc, const char* const* argv, std::ostream& out, std::ostream& err) {
@@ -426,8 +493,8 @@ int command_line::run(int argc, const char* const* argv, std::ostream& out, std:
     }
 
     if (s.completion->parsed() || s.man->parsed()) {
-        std::string doc =
-            s.completion->parsed() ? bash_completion(s.app) : man_page(s.app, APPRELAY_VERSION);
+        std::string doc = s.completion->parsed() ? bash_completion(s.app, s.names)
+                                                 : man_page(s.app, APPRELAY_VERSION);
         if (s.json_output) {
             json j = s.completion->parsed() ? json{{"shell", s.completion_shell}, {"script", doc}}
                                             : json{{"man", doc}};

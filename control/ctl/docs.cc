@@ -10,7 +10,9 @@ namespace {
 
 void collect(const CLI::App& app, const std::string& path, std::vector<command_node>& out) {
     out.push_back({path, &app});
-    for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    // CLI11 hides a subcommand from --help when its group is empty; so do the docs.
+    for (const CLI::App* sub :
+         app.get_subcommands([](const CLI::App* a) { return !a->get_group().empty(); })) {
         collect(*sub, path.empty() ? sub->get_name() : path + " " + sub->get_name(), out);
     }
 }
@@ -67,6 +69,24 @@ std::vector<const CLI::Option*> accepted_options(const CLI::App& app) {
         }
     }
     return out;
+}
+
+// What a value completes to in the script: "@KIND" for the names of KIND on the relay, else its
+// fixed choices separated by blanks; empty when neither.
+std::string value_spec(const CLI::Option& o, const value_names& names) {
+    if (auto it = names.find(&o); it != names.end()) {
+        return "@" + it->second;
+    }
+    return join(option_choices(o), " ");
+}
+
+// A bash case pattern for "PATH|TAIL" at the node `path` and every node below it: the tree
+// falls through, so an option defined on a node is accepted by its subcommands too.
+std::string subtree_pattern(const std::string& path, const std::string& tail) {
+    if (path.empty()) {
+        return fmt::format("*\"|{}\"", tail);
+    }
+    return fmt::format("\"{0}|{1}\"|\"{0} \"*\"|{1}\"", path, tail);
 }
 
 // --- roff ---------------------------------------------------------------------------------
@@ -169,13 +189,15 @@ std::vector<std::string> option_choices(const CLI::Option& opt) {
     return out;
 }
 
-std::string bash_completion(const CLI::App& root) {
+std::string bash_completion(const CLI::App& root, const value_names& names) {
+    const std::vector<command_node> all = command_nodes(root);
     std::string nodes;
-    std::string values;
-    for (const auto& [path, app] : command_nodes(root)) {
+    for (const auto& [path, app] : all) {
         std::vector<std::string> subs;
-        for (const CLI::App* s : app->get_subcommands([](const CLI::App*) { return true; })) {
-            subs.push_back(s->get_name());
+        for (const auto& n : all) {
+            if (n.app->get_parent() == app) {
+                subs.push_back(n.app->get_name());
+            }
         }
         std::vector<std::string> opts;
         std::vector<std::string> valued;
@@ -184,84 +206,190 @@ std::string bash_completion(const CLI::App& root) {
                 opts.push_back(n);
                 if (takes_value(*o)) {
                     valued.push_back(n);
-                    if (auto c = option_choices(*o); !c.empty()) {
-                        values +=
-                            fmt::format("    \"{}|{}\") echo \"{}\" ;;\n", path, n, join(c, " "));
-                    }
                 }
             }
-        }
-        std::vector<std::string> choices;
-        if (auto pos = positionals(*app); !pos.empty()) {
-            choices = option_choices(*pos.front());
         }
         nodes += fmt::format("    \"{}\")\n"
                              "        subs=\"{}\"\n"
                              "        opts=\"{}\"\n"
                              "        valued=\"{}\"\n"
-                             "        choices=\"{}\"\n"
                              "        ;;\n",
-                             path, join(subs, " "), join(opts, " "), join(valued, " "),
-                             join(choices, " "));
+                             path, join(subs, " "), join(opts, " "), join(valued, " "));
+    }
+    // Option values, each under the node that defines the option: children first, so that a
+    // parent's pattern, which covers its subtree, never shadows an option of the same name
+    // that a child defines.
+    std::string values;
+    for (auto n = all.rbegin(); n != all.rend(); ++n) {
+        for (const CLI::Option* o : named_options(*n->app)) {
+            std::string spec = takes_value(*o) ? value_spec(*o, names) : "";
+            if (spec.empty()) {
+                continue;
+            }
+            for (const auto& s : spellings(*o)) {
+                values +=
+                    fmt::format("    {}) echo \"{}\" ;;\n", subtree_pattern(n->path, s), spec);
+            }
+        }
+    }
+    std::string args;
+    for (const auto& [path, app] : all) {
+        std::vector<const CLI::Option*> pos = positionals(*app);
+        for (std::size_t i = 0; i < pos.size(); ++i) {
+            if (std::string spec = value_spec(*pos[i], names); !spec.empty()) {
+                args += fmt::format("    \"{}|{}\") echo \"{}\" ;;\n", path, i, spec);
+            }
+        }
+    }
+    // The connection options (--socket, --url, --token, --tenant): the top level's options
+    // that take a value. Passed on to the names command as the user typed them.
+    std::vector<std::string> global;
+    for (const CLI::Option* o : named_options(root)) {
+        if (takes_value(*o)) {
+            for (const auto& s : spellings(*o)) {
+                global.push_back(s);
+            }
+        }
     }
     return fmt::format(R"bash(# bash completion for apprelayctl.
 # Generated by `apprelayctl completion bash` from the command tree that parses its arguments;
 # regenerate it rather than editing it.
 
 # $1: the command path so far ("" = top level, "groups create"). Sets subs (its subcommands),
-# opts (every option it accepts: its own and its parents'), valued (those that take a value) and
-# choices (the values of its first argument, when fixed).
+# opts (every option it accepts: its own and its parents') and valued (those that take a value).
 _apprelayctl_node() {{
-    subs="" opts="" valued="" choices=""
+    subs="" opts="" valued=""
     case "$1" in
-{}    esac
+{0}    esac
 }}
 
-# $1: command path, $2: option; prints the option's fixed values, if any.
+# $1: command path, $2: option. Prints what the option's value completes to: fixed words, or
+# @KIND for the names of KIND on the relay; nothing for file names.
 _apprelayctl_values() {{
     case "$1|$2" in
-{}    esac
+{1}    esac
+}}
+
+# $1: command path, $2: which of its arguments (0 = the first). Prints fixed words or @KIND.
+_apprelayctl_args() {{
+    case "$1|$2" in
+{2}    esac
+}}
+
+# A word as typed, as the shell will pass it in the common cases: enclosing quotes removed, else
+# a leading ~/ expanded. Not eval: that would run whatever the line holds at every TAB.
+_apprelayctl_dequote() {{
+    local w="$1"
+    if [[ ${{#w}} -ge 2 && ($w == \'*\' || $w == \"*\") ]]; then
+        w="${{w:1:${{#w}}-2}}"
+    elif [[ $w == "~/"* ]]; then
+        w="$HOME/${{w:2}}"
+    fi
+    printf '%s\n' "$w"
+}}
+
+# COMP_WORDS is split at COMP_WORDBREAKS as well as at blanks: "--url http://h:9" arrives as
+# "--url" "http" ":" "//h" ":" "9". Sets words to the words before the cursor as the shell will
+# pass them: pieces with no blank between them in COMP_LINE joined again.
+_apprelayctl_words() {{
+    local line="$COMP_LINE" piece rest i exact=1
+    words=()
+    for ((i = 0; i < COMP_CWORD; i++)); do
+        piece="${{COMP_WORDS[i]}}"
+        rest="${{line#"${{line%%[![:space:]]*}}"}}"
+        if ((exact)) && [[ $rest == "$piece"* ]]; then
+            if ((i > 0)) && [[ $rest == "$line" ]]; then
+                words[${{#words[@]}} - 1]+="$piece"
+            else
+                words+=("$piece")
+            fi
+            line="${{rest:${{#piece}}}}"
+        else
+            exact=0 # COMP_LINE does not match (unset): take the words as they are
+            words+=("$piece")
+        fi
+    done
+}}
+
+# $1: the program, $2: KIND, then the connection options from the line. The names of KIND on
+# the relay, one a line. At most 2 s and nothing on the terminal when the relay is down, slow or
+# refuses: completion must not hang the shell or write over the line being edited.
+_apprelayctl_names() {{
+    local prog="$1" kind="$2"
+    shift 2
+    timeout 2 "$prog" "$@" {3} "$kind" </dev/null 2>/dev/null
 }}
 
 _apprelayctl() {{
-    local cur="${{COMP_WORDS[COMP_CWORD]}}" path="" word i skip=0
-    local subs opts valued choices
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" path="" word opt="" name value spec i nargs=0
+    local subs opts valued
+    local -a words conn=()
     COMPREPLY=()
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        word="${{COMP_WORDS[i]}}"
-        if ((skip)); then
-            skip=0
+    _apprelayctl_words
+    for ((i = 1; i < ${{#words[@]}}; i++)); do
+        word="${{words[i]}}"
+        if [[ -n $opt ]]; then
+            if [[ " {4} " == *" $opt "* ]]; then
+                conn+=("$opt" "$(_apprelayctl_dequote "$word")")
+            fi
+            opt=""
             continue
         fi
         _apprelayctl_node "$path"
-        if [[ $word == -* ]]; then
-            if [[ $word != *=* && " $valued " == *" $word "* ]]; then
-                skip=1
+        if [[ $word == -*=* ]]; then
+            name="${{word%%=*}}" value="${{word#*=}}"
+            if [[ -z $value && " $valued " == *" $name "* ]]; then
+                opt="$name" # "--tenant=" and the cursor: its value is being typed
+            elif [[ " {4} " == *" $name "* ]]; then
+                conn+=("$name" "$(_apprelayctl_dequote "$value")")
+            fi
+        elif [[ $word == -* ]]; then
+            if [[ " $valued " == *" $word "* ]]; then
+                opt="$word"
             fi
         elif [[ " $subs " == *" $word "* ]]; then
             path="${{path:+$path }}$word"
+            nargs=0
+        else
+            nargs=$((nargs + 1))
         fi
     done
     _apprelayctl_node "$path"
-    if ((skip)); then
-        local vals
-        vals="$(_apprelayctl_values "$path" "${{COMP_WORDS[COMP_CWORD - 1]}}")"
-        if [[ -n $vals ]]; then
-            mapfile -t COMPREPLY < <(compgen -W "$vals" -- "$cur")
-        else
+    if [[ -n $opt ]]; then
+        if [[ $cur == "=" ]]; then
+            cur="" # right after "--tenant=": bash's word is the "="
+        fi
+        spec="$(_apprelayctl_values "$path" "$opt")"
+        if [[ -z $spec ]]; then
             mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+            return 0
         fi
     elif [[ $cur == -* ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
+        return 0
     else
-        mapfile -t COMPREPLY < <(compgen -W "$subs $choices" -- "$cur")
+        spec="$(_apprelayctl_args "$path" "$nargs")"
+        if [[ $spec != @* ]]; then
+            spec="$subs $spec"
+        fi
+    fi
+    if [[ $spec == @* ]]; then
+        # Names are matched here, not by compgen -W, which would expand what the relay sent.
+        while IFS= read -r name; do
+            if [[ -n $name && $name == "$cur"* ]]; then
+                COMPREPLY+=("$name")
+            fi
+        done < <(_apprelayctl_names "$(_apprelayctl_dequote "${{words[0]}}")" "${{spec#@}}" \
+            "${{conn[@]}}")
+    else
+        mapfile -t COMPREPLY < <(compgen -W "$spec" -- "$cur")
     fi
     return 0
 }}
 
 complete -F _apprelayctl apprelayctl
 )bash",
-                       nodes, values);
+                       nodes, values, args, k_names_command, join(global, " "));
 }
 
 std::string man_page(const CLI::App& root, std::string_view version) {

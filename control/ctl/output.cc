@@ -296,6 +296,25 @@ std::string format_group_deleted(std::string_view name, const json& j) {
     return out;
 }
 
+std::vector<std::string> listed_names(const json& j, std::string_view key, std::string_view field,
+                                      std::string_view state) {
+    std::vector<std::string> out;
+    for (const auto& o : list(j, std::string(key).c_str())) {
+        if (!o.is_object()) {
+            continue;
+        }
+        auto f = o.find(std::string(field));
+        if (f == o.end() || !f->is_string() || f->get_ref<const std::string&>().empty()) {
+            continue;
+        }
+        if (!state.empty() && o.value("state", "") != state) {
+            continue;
+        }
+        out.push_back(f->get<std::string>());
+    }
+    return out;
+}
+
 std::string format_error(std::string_view message, long status, bool as_json) {
     if (as_json) {
         // A relay's message is bytes: replace invalid UTF-8 rather than throw.

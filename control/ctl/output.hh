@@ -41,6 +41,12 @@ std::string format_confirmation(std::string_view action, const nlohmann::json& j
 // "deleted group G" plus the connectors that moved out of it.
 std::string format_group_deleted(std::string_view name, const nlohmann::json& j);
 
+// The string `field` of each object listed under `key` (a list response such as {"groups":
+// [{"name": ...}]}), in order: objects without it, or with `state` set and another "state",
+// left out. What `apprelayctl __names` prints for the completion script.
+std::vector<std::string> listed_names(const nlohmann::json& j, std::string_view key,
+                                      std::string_view field, std::string_view state);
+
 // An error line for stderr: "error: <message>", or with json {"error": "<message>",
 // "status": <HTTP status>} (status 0 when the relay did not answer or the error is local).
 std::string format_error(std::string_view message, long status, bool json);

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
+#include <functional>
 #include <netdb.h>
 #include <nlohmann/json.hpp>
 #include <poll.h>
@@ -341,20 +342,32 @@ bool read_small_file(const std::string& path, std::size_t max, std::string* out)
     return out->size() <= max;
 }
 
-} // namespace
-
-result<relay_reply> parse_reply(const std::string& line, std::string* why) {
+// The ok/error envelope of a relay reply line (enrollment and connector requests): the decoded
+// object when "ok" is true; errc::refused with the relay's reason, or errc::protocol_error.
+result<nlohmann::json> reply_envelope(const std::string& line, std::string_view what,
+                                      std::string* why) {
     auto doc = nlohmann::json::parse(line, nullptr, false);
     if (doc.is_discarded() || !doc.is_object() || !doc.contains("ok") || !doc["ok"].is_boolean()) {
         set_why(why, "relay sent an invalid reply");
-        return error(errc::protocol_error, "invalid enrollment reply");
+        return error(errc::protocol_error, "invalid " + std::string(what) + " reply");
     }
     if (!doc["ok"].get<bool>()) {
         auto it = doc.find("error");
         set_why(why, it != doc.end() && it->is_string() ? it->get<std::string>()
                                                         : "refused without a reason");
-        return error(errc::refused, "enrollment refused");
+        return error(errc::refused, std::string(what) + " refused");
     }
+    return doc;
+}
+
+} // namespace
+
+result<relay_reply> parse_reply(const std::string& line, std::string* why) {
+    auto env = reply_envelope(line, "enrollment", why);
+    if (!env.ok()) {
+        return env.err();
+    }
+    const nlohmann::json& doc = *env;
     relay_reply r;
     auto str = [&](const char* key, std::string* dst) {
         auto it = doc.find(key);
@@ -403,12 +416,17 @@ result<enroll_token> parse_token(std::string_view token) {
     return t;
 }
 
-result<std::string> exchange_line(const std::string& relay, const std::string& ca_fingerprint,
-                                  std::string_view request_line, uint32_t deadline_ms,
-                                  std::string* why) {
+namespace {
+
+// After the reply line: what else the exchange reads (nothing, or a connector request's body).
+using after_line = std::function<result<void>(const std::string& line, tls_io& io)>;
+
+// One request and its reply line over TLS 1.3 to `addr`, bounded by deadline_ms. A pinned
+// client (enrollment) names a pin mismatch as such.
+result<std::string> exchange(const std::string& addr, const tls::client_options& co,
+                             std::string_view request_line, uint32_t deadline_ms,
+                             const after_line& after, std::string* why) {
     auto deadline = clock::now() + std::chrono::milliseconds(deadline_ms);
-    tls::client_options co;
-    co.pinned_ca_fingerprint = ca_fingerprint;
     auto ctx = tls::client_context::create(co, why);
     if (!ctx.ok()) {
         return ctx.err();
@@ -418,48 +436,56 @@ result<std::string> exchange_line(const std::string& relay, const std::string& c
         set_why(why, "cannot create TLS session");
         return error(errc::no_memory, "cannot create TLS session");
     }
-    auto fd = dial(relay, deadline, why);
+    auto fd = dial(addr, deadline, why);
     if (!fd.ok()) {
         return fd.err();
     }
     fd_guard guard(*fd);
     tls_io io(guard.get(), deadline, *session);
     if (auto h = io.handshake(); !h.ok()) {
-        if (h.code() == errc::cert_rejected) {
+        if (h.code() == errc::cert_rejected && !co.pinned_ca_fingerprint.empty()) {
             set_why(why, std::string(k_pin_mismatch) + " (" + session->last_error() + ")");
-        } else if (h.code() == errc::tls_error) {
-            set_why(why, "TLS handshake with " + relay + " failed: " + session->last_error());
+        } else if (h.code() == errc::tls_error || h.code() == errc::cert_rejected) {
+            set_why(why, "TLS handshake with " + addr + " failed: " + session->last_error());
         } else {
-            set_why(why, "TLS handshake with " + relay + " failed: " + std::string(h.err().detail));
+            set_why(why, "TLS handshake with " + addr + " failed: " + std::string(h.err().detail));
         }
         return h.err();
     }
     if (auto w = io.write(request_line); !w.ok()) {
-        set_why(why, "cannot send the request to " + relay + ": " + std::string(w.err().detail));
+        set_why(why, "cannot send the request to " + addr + ": " + std::string(w.err().detail));
         return w.err();
     }
     auto line = io.read_line(k_max_reply_line);
     if (!line.ok()) {
-        set_why(why, "no reply from " + relay + ": " + std::string(line.err().detail));
+        set_why(why, "no reply from " + addr + ": " + std::string(line.err().detail));
         return line.err();
+    }
+    if (after) {
+        if (auto a = after(*line, io); !a.ok()) {
+            return a.err();
+        }
     }
     return line;
 }
 
+} // namespace
+
+result<std::string> exchange_line(const std::string& relay, const std::string& ca_fingerprint,
+                                  std::string_view request_line, uint32_t deadline_ms,
+                                  std::string* why) {
+    tls::client_options co;
+    co.pinned_ca_fingerprint = ca_fingerprint;
+    return exchange(relay, co, request_line, deadline_ms, nullptr, why);
+}
+
 result<uint64_t> parse_service_reply(const std::string& line, std::string* why) {
-    auto doc = nlohmann::json::parse(line, nullptr, false);
-    if (doc.is_discarded() || !doc.is_object() || !doc.contains("ok") || !doc["ok"].is_boolean()) {
-        set_why(why, "relay sent an invalid reply");
-        return error(errc::protocol_error, "invalid reply");
-    }
-    if (!doc["ok"].get<bool>()) {
-        auto it = doc.find("error");
-        set_why(why, it != doc.end() && it->is_string() ? it->get<std::string>()
-                                                        : "refused without a reason");
-        return error(errc::refused, "refused by the relay");
+    auto doc = reply_envelope(line, "connector request", why);
+    if (!doc.ok()) {
+        return doc.err();
     }
     uint64_t length = 0;
-    if (auto it = doc.find("length"); it != doc.end()) {
+    if (auto it = doc->find("length"); it != doc->end()) {
         if (!it->is_number_unsigned() || it->get<uint64_t>() > k_max_request_body) {
             set_why(why, "relay announced an invalid body length");
             return error(errc::protocol_error, "invalid body length");
@@ -477,52 +503,22 @@ result<std::string> connector_request(const state& st, std::string_view request_
                      "HOST:PORT");
         return error(errc::invalid_argument, "no enrollment address");
     }
-    auto deadline = clock::now() + std::chrono::milliseconds(deadline_ms);
     tls::client_options co;
     co.ca_pem_path = st.ca_path;
     co.server_name = st.server_name;
     co.client_cert = {st.cert_path, st.key_path};
-    auto ctx = tls::client_context::create(co, why);
-    if (!ctx.ok()) {
-        return ctx.err();
-    }
-    auto session = (*ctx)->new_session();
-    if (!session) {
-        set_why(why, "cannot create TLS session");
-        return error(errc::no_memory, "cannot create TLS session");
-    }
-    auto fd = dial(st.enroll, deadline, why);
-    if (!fd.ok()) {
-        return fd.err();
-    }
-    fd_guard guard(*fd);
-    tls_io io(guard.get(), deadline, *session);
-    if (auto h = io.handshake(); !h.ok()) {
-        set_why(why, "TLS handshake with " + st.enroll + " failed: " +
-                         (h.code() == errc::tls_error || h.code() == errc::cert_rejected
-                              ? session->last_error()
-                              : std::string(h.err().detail)));
-        return h.err();
-    }
-    if (auto w = io.write(request_line); !w.ok()) {
-        set_why(why, "cannot send the request to " + st.enroll + ": " + std::string(w.err().detail));
-        return w.err();
-    }
-    auto line = io.read_line(k_max_reply_line);
-    if (!line.ok()) {
-        set_why(why, "no reply from " + st.enroll + ": " + std::string(line.err().detail));
-        return line.err();
-    }
-    auto parsed = parse_service_reply(*line, why);
-    if (!parsed.ok()) {
-        return parsed.err();
-    }
-    const uint64_t length = *parsed;
     if (body != nullptr) {
         body->clear();
     }
-    if (length > 0) {
-        auto b = io.read_exact(length);
+    auto read_body = [&](const std::string& line, tls_io& io) -> result<void> {
+        auto length = parse_service_reply(line, why);
+        if (!length.ok()) {
+            return length.err();
+        }
+        if (*length == 0) {
+            return {};
+        }
+        auto b = io.read_exact(*length);
         if (!b.ok()) {
             set_why(why, "body from " + st.enroll + " cut short: " + std::string(b.err().detail));
             return b.err();
@@ -530,8 +526,9 @@ result<std::string> connector_request(const state& st, std::string_view request_
         if (body != nullptr) {
             *body = std::move(*b);
         }
-    }
-    return line;
+        return {};
+    };
+    return exchange(st.enroll, co, request_line, deadline_ms, read_body, why);
 }
 
 result<registration> register_connector(const register_options& opts, std::string* why) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""apprelayctl against a real relay: --json on every command and the documented exit codes
-(README.md "apprelayctl", apprelayctl(1) EXIT STATUS).
+"""apprelayctl against a real relay.
 
+json (integration_ctl): --json on every command and the documented exit codes (README.md
+"apprelayctl", apprelayctl(1) EXIT STATUS):
 1. Every command with --json: on success stdout is one JSON value (tokens create gives the
    API's {id, token, group, expires_at, ...}; metrics {metrics}; users issue {name, groups, cert_file,
    key_file} and writes the key 0600 without printing it); on failure stdout is empty and stderr
@@ -11,14 +12,28 @@
    and a socket file nothing listens on; 4 an answer 503 (a stand-in server on a UNIX socket
    that answers every request so, as the relay does when its store is unavailable).
 
-World: 1 relay worker, tenant contoso, one enrolled connector (never started)."""
+World: 1 relay worker, tenant contoso, one enrolled connector (never started).
+
+completion (integration_ctl_completion): the bash completion script the build generated
+(control/ctl/share/apprelayctl, what meson installs), sourced in a fresh bash whose completion
+function is driven with COMP_WORDS/COMP_CWORD/COMP_LINE as bash sets them. Where a command takes
+the name of an existing object it offers the relay's names, asked through `apprelayctl __names`
+with the --socket/--url/--token/--tenant already on the line: exactly the groups, apps,
+connectors, valid tokens and tenants the relay lists, never a name it does not have, another
+tenant's only with that --tenant, and a deleted group no more. With the relay unreachable (no
+socket file, a socket nothing listens on, a SIGSTOPped relay that accepts but never answers, the
+relay stopped) completion returns within 3 s, offers nothing and writes nothing.
+World: 1 relay worker with an admin TCP listener, tenants contoso and fabrikam, one enrolled
+connector (never started)."""
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -216,5 +231,179 @@ def body(env):
             "the relay still answers")
 
 
+# ---------------------------------------------------------------------------------------------
+# completion
+# ---------------------------------------------------------------------------------------------
+
+ADMIN_TOKEN = "completion-test-token-0123456789"
+COMPLETION_SCRIPT = os.path.join(os.path.dirname(h.CTL_BIN), "share", "apprelayctl")
+
+# Sources the script, finds the function `complete -p apprelayctl` names and calls it as bash
+# does on TAB; the offers go to $OFFERS, one a line, so that anything on stdout or stderr is
+# what the user would see on the terminal. $1: script, $2: COMP_LINE, then COMP_WORDS.
+DRIVER = r"""
+source "$1" || exit 90
+spec=$(complete -p apprelayctl) || exit 91
+fn=${spec#*-F }
+fn=${fn%% *}
+COMP_LINE=$2
+shift 2
+COMP_WORDS=("$@")
+COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+COMP_POINT=${#COMP_LINE}
+COMPREPLY=()
+"$fn"
+printf '%s\n' "${COMPREPLY[@]}" > "$OFFERS"
+"""
+
+
+def complete(env, words, line=None):
+    """What TAB offers after `words` (COMP_WORDS, the last the word being typed; line: COMP_LINE
+    when bash split it at COMP_WORDBREAKS). Returns (offers, terminal output, seconds)."""
+    offers = os.path.join(env.dir, "offers")
+    if os.path.exists(offers):
+        os.unlink(offers)
+    run_env = {k: v for k, v in os.environ.items()
+               if k not in ("APPRELAY_ADMIN_SOCKET", "APPRELAY_ADMIN_TOKEN")}
+    run_env["PATH"] = os.path.dirname(h.CTL_BIN) + os.pathsep + run_env.get("PATH", "")
+    run_env["OFFERS"] = offers
+    line = " ".join(words) if line is None else line
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(["bash", "--norc", "--noprofile", "-c", DRIVER, "driver",
+                            COMPLETION_SCRIPT, line] + words,
+                           capture_output=True, text=True, env=run_env, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise h.TestFailure(f"{' '.join(words[1:])!r}<TAB> still runs after 10 s: the shell hangs")
+    took = time.monotonic() - t0
+    if r.returncode != 0:
+        raise h.TestFailure(f"completion driver exit {r.returncode}: {r.stderr.strip()}")
+    with open(offers) as f:
+        got = [w for w in f.read().split("\n") if w]
+    return got, r.stdout + r.stderr, took
+
+
+def offered(env, words, line=None):
+    """The offers, checking that completion wrote nothing on the terminal."""
+    got, terminal, _ = complete(env, words, line)
+    typed = " ".join(words[1:]).replace(env.dir + os.sep, "")
+    h.check(terminal == "", f"{typed!r}<TAB> writes nothing on the terminal ({terminal.strip()!r})")
+    return got
+
+
+def names_listed(env, what, key, field="name", tenant="contoso"):
+    return sorted(o[field] for o in env.ctl_json(what, "list", tenant=tenant)[key])
+
+
+def completion_body(env):
+    h.check(os.path.isfile(COMPLETION_SCRIPT), f"the build generated {COMPLETION_SCRIPT}")
+    topo = h.Topology(workers=1)
+    topo.tenants.append(dict(name="contoso"))
+    plain_toml = topo.to_toml
+    topo.to_toml = lambda sd: plain_toml(sd) + (f'\n[admin]\nlisten = "127.0.0.1:0"\n'
+                                                f'token = "{ADMIN_TOKEN}"\n')
+    info = env.start_relay(topo)
+    sock, port = info["admin_socket"], info["admin_port"]
+    h.check(port > 0, f"admin TCP listener on 127.0.0.1:{port}")
+    for g in ("g-alpha", "g-beta"):
+        env.ctl("groups", "create", g)
+    for a in ("web-one", "web-two"):
+        env.ctl("apps", "create", a, "--backend", "127.0.0.1:9", "--hostname",
+                f"{a}.contoso.test")
+    cid = env.enroll("c1")  # uses up its token
+    valid = env.ctl_json("tokens", "create")["id"]
+    revoked = env.ctl_json("tokens", "create")["id"]
+    env.ctl("tokens", "revoke", revoked)
+    env.ctl("groups", "create", "fab-only", tenant="fabrikam")
+    groups = names_listed(env, "groups", "groups")
+    h.check({"g-alpha", "g-beta"} <= set(groups) and "fab-only" not in groups,
+            f"contoso's groups: {groups}")
+    ctl = ["apprelayctl", "--socket", sock, "--tenant", "contoso"]
+
+    # ---- names where a command takes one --------------------------------------------------------
+    got = offered(env, ctl + ["groups", "delete", ""])
+    h.check(sorted(got) == groups, f"groups delete <TAB>: the relay's groups {got}")
+    h.check("g-gamma" not in got and "fab-only" not in got,
+            "no group that does not exist in the tenant (g-gamma, fabrikam's fab-only)")
+    h.check(offered(env, ctl + ["groups", "delete", "g-a"]) == ["g-alpha"],
+            "groups delete g-a<TAB> -> g-alpha")
+    h.check(offered(env, ctl + ["groups", "rename", ""]) == got, "groups rename <TAB>: groups")
+    got = offered(env, ctl + ["apps", "update", ""])
+    h.check(sorted(got) == ["web-one", "web-two"], f"apps update <TAB>: the relay's apps {got}")
+    h.check(sorted(offered(env, ctl + ["apps", "delete", "web-t"])) == ["web-two"],
+            "apps delete web-t<TAB> -> web-two")
+    h.check(sorted(offered(env, ctl + ["apps", "update", "web-one", "--group", ""])) == groups,
+            "apps update web-one --group <TAB>: groups")
+    h.check(sorted(offered(env, ctl + ["apps", "assign", "web-one", ""])) == groups,
+            "apps assign web-one <TAB>: groups (its second argument)")
+    h.check(offered(env, ctl + ["apps", "create", ""]) == [],
+            "apps create <TAB>: nothing (a new name)")
+    h.check(offered(env, ctl + ["connectors", "move", ""]) == [cid],
+            f"connectors move <TAB>: the connector's id {cid}")
+    h.check(sorted(offered(env, ctl + ["connectors", "move", cid, ""])) == groups,
+            "connectors move ID <TAB>: groups")
+    h.check(offered(env, ctl + ["tokens", "revoke", ""]) == [valid],
+            f"tokens revoke <TAB>: only the valid token {valid} (not the used or revoked one)")
+    tenants = offered(env, ["apprelayctl", "--socket", sock, "--tenant", ""])
+    h.check({"contoso", "fabrikam"} <= set(tenants), f"--tenant <TAB>: the tenants {tenants}")
+
+    # ---- the connection options on the line ---------------------------------------------------
+    got = offered(env, ["apprelayctl", "--socket", sock, "--tenant", "fabrikam", "groups",
+                        "delete", ""])
+    h.check("fab-only" in got and "g-alpha" not in got, f"with --tenant fabrikam: {got}")
+    got = offered(env, ["apprelayctl", "groups", "delete", "--tenant", "contoso", "--socket",
+                        sock, "g-"])
+    h.check(sorted(got) == ["g-alpha", "g-beta"], f"options after the command: {got}")
+    # --url http://127.0.0.1:PORT and --tenant=contoso: bash splits the words at ":" and "=".
+    url_words = ["--url", "http", ":", "//127.0.0.1", ":", str(port), "--token", ADMIN_TOKEN,
+                 "--tenant", "=", "contoso", "groups", "delete", ""]
+    url_line = (f"apprelayctl --url http://127.0.0.1:{port} --token {ADMIN_TOKEN} "
+                f"--tenant=contoso groups delete ")
+    got = offered(env, ["apprelayctl"] + url_words, url_line)
+    h.check(sorted(got) == groups, f"over --url with --token: {got}")
+    bad = [w if w != ADMIN_TOKEN else "wrong-token" for w in url_words]
+    got = offered(env, ["apprelayctl"] + bad, url_line.replace(ADMIN_TOKEN, "wrong-token"))
+    h.check(got == [], f"a wrong --token: nothing (401) {got}")
+
+    # ---- the names are the relay's now ---------------------------------------------------------
+    env.ctl("groups", "delete", "g-beta")
+    got = offered(env, ctl + ["groups", "delete", ""])
+    h.check("g-beta" not in got and "g-alpha" in got, f"a deleted group is no longer offered {got}")
+
+    # ---- a relay that does not answer --------------------------------------------------------
+    def nothing_quickly(words, what, line=None):
+        got, terminal, took = complete(env, words, line)
+        h.check(got == [] and terminal == "" and took < 3.0,
+                f"{what}: returns in {took:.2f}s (< 3 s), offers {got}, writes "
+                f"{terminal.strip()!r}")
+        return took
+
+    missing = os.path.join(env.dir, "no-such-dir", "admin.sock")
+    nothing_quickly(["apprelayctl", "--socket", missing, "groups", "delete", ""],
+                    "no socket file")
+    dead = os.path.join(env.dir, "dead.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(dead)  # bound, never listening: connect() is refused
+    try:
+        nothing_quickly(["apprelayctl", "--socket", dead, "apps", "update", ""],
+                        "a socket nothing listens on")
+    finally:
+        s.close()
+    os.kill(env.relay.pid, signal.SIGSTOP)  # the kernel still accepts; nobody answers
+    try:
+        took = nothing_quickly(ctl + ["apps", "update", ""], "a SIGSTOPped relay")
+        h.check(took >= 1.5, f"it waited for the relay ({took:.2f}s) before giving up")
+    finally:
+        os.kill(env.relay.pid, signal.SIGCONT)
+    h.check(sorted(offered(env, ctl + ["apps", "update", ""])) == ["web-one", "web-two"],
+            "the relay continued: apps offered again")
+    rc = env.relay.stop()
+    h.check(rc == 0, f"relay stopped (exit {rc})")
+    nothing_quickly(ctl + ["groups", "delete", ""], "the relay stopped")
+    nothing_quickly(["apprelayctl"] + url_words, "--url with the relay stopped", url_line)
+
+
 if __name__ == "__main__":
-    sys.exit(h.run_test("ctl", body))
+    mode = sys.argv[1] if len(sys.argv) > 1 else "json"
+    fn = {"json": body, "completion": completion_body}[mode]
+    sys.exit(h.run_test("ctl" if mode == "json" else f"ctl_{mode}", fn))

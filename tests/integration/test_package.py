@@ -1,7 +1,9 @@
 """Install layout, Debian packages and the systemd contract (issue 15).
 
 package:  scripts/package into a temp dir; each .deb checked with dpkg-deb (files, Depends that
-          the host satisfies and that name every library the programs need, conffiles, amd64);
+          the host satisfies and that name every library the programs need, conffiles, amd64;
+          apprelayctl(1) gzip -9n compressed as Debian policy wants, the page of the packaged
+          apprelayctl, readable with zcat and man -l);
           both installed into a scratch root with dpkg --root; the installed units (the relay's,
           the connector's and its one-shot update unit, which runs `update --supervised`) pass
           `systemd-analyze verify`; the installed relay checks the installed relay.toml (ok) and a
@@ -189,6 +191,32 @@ def check_hardening(text, name, caps):
             f"{name}: StateDirectory and RestrictAddressFamilies set")
 
 
+def check_man_page(extract):
+    """apprelayctl(1) in the extracted apprelay package: gzip -9n (Debian policy 12.3, lintian
+    uncompressed-manual-page: no name or time stamp in the header, maximum compression), the
+    page the packaged apprelayctl prints, readable with zcat and man -l."""
+    page = os.path.join(extract, "usr/share/man/man1/apprelayctl.1.gz")
+    with open(page, "rb") as f:
+        head = f.read(10)
+    # RFC 1952 2.3: ID1 ID2 CM FLG MTIME(4) XFL OS. FLG bit 3 = FNAME; XFL 2 = slowest, best.
+    h.check(head[:3] == b"\x1f\x8b\x08", f"apprelayctl.1.gz is gzip (deflate): {head[:3]!r}")
+    h.check(head[3] & 0x08 == 0 and head[4:8] == b"\0\0\0\0",
+            f"gzip -n: no file name, no time stamp (FLG {head[3]:#x}, MTIME {head[4:8].hex()})")
+    h.check(head[8] == 2, f"gzip -9: XFL {head[8]} (2 = maximum compression)")
+    text = must(["zcat", page])
+    printed = must([os.path.join(extract, "usr/bin/apprelayctl"), "man"])
+    h.check(text == printed and ".TH APPRELAYCTL 1 " in text,
+            "zcat gives the page the packaged apprelayctl prints (apprelayctl man)")
+    if shutil.which("man") is None:
+        h.log("man is not installed: man -l not tried (zcat checked the page)")
+        return
+    rc, out, err = run(["man", "-l", page], env=dict(os.environ, MANPAGER="cat", PAGER="cat",
+                                                     MANWIDTH="100", LC_ALL="C"))
+    h.check(rc == 0 and "apprelayctl - manage an apprelay relay" in out and
+            "groups delete" in out and "EXIT STATUS" in out,
+            f"man -l renders it: exit {rc}, {len(out)} bytes {err.strip()[-200:]!r}")
+
+
 def package_body(env):
     out_dir = os.path.join(env.dir, "pkg")
     argv = [PACKAGE, "--out", out_dir]
@@ -210,7 +238,7 @@ def package_body(env):
         relay_deb: ("apprelay", ["etc/apprelay/relay.toml", "usr/bin/apprelay",
                                  "usr/bin/apprelayctl", "usr/lib/systemd/system/apprelay.service",
                                  "usr/share/bash-completion/completions/apprelayctl",
-                                 "usr/share/man/man1/apprelayctl.1"],
+                                 "usr/share/man/man1/apprelayctl.1.gz"],
                     ["usr/bin/apprelay", "usr/bin/apprelayctl"], "/etc/apprelay/relay.toml"),
         conn_deb: ("apprelay-connector",
                    ["usr/bin/apprelay-connector",
@@ -254,6 +282,8 @@ def package_body(env):
         for b in bins:
             for soname, owner in packages_of_needed(os.path.join(extract, b)).items():
                 h.check(owner in dep_names, f"{name}: {soname} -> {owner} is in Depends")
+        if name == "apprelay":
+            check_man_page(extract)
         must(["dpkg-deb", "-e", deb, os.path.join(extract, "DEBIAN")])
         for script in ("postinst", "prerm", "postrm"):
             text = open(os.path.join(extract, "DEBIAN", script)).read()

@@ -108,6 +108,21 @@ TEST(ctl_output, confirmations_and_errors) {
     EXPECT_EQ(format_age(200, 100), "now");
 }
 
+TEST(ctl_output, listed_names_take_one_field_of_each_listed_object) {
+    json j = json::parse(R"({"tokens": [
+        {"id": "t1", "state": "valid"}, {"id": "t2", "state": "used"}, {"state": "valid"},
+        {"id": 7, "state": "valid"}, {"id": "", "state": "valid"}, "t9", {"id": "t3"},
+        {"id": "t4", "state": "valid"}
+    ]})");
+    EXPECT_EQ(listed_names(j, "tokens", "id", ""),
+              (std::vector<std::string>{"t1", "t2", "t3", "t4"}));
+    // A state filter drops the objects in another state and those without one.
+    EXPECT_EQ(listed_names(j, "tokens", "id", "valid"), (std::vector<std::string>{"t1", "t4"}));
+    EXPECT_TRUE(listed_names(j, "groups", "name", "").empty());
+    EXPECT_TRUE(
+        listed_names(json::parse(R"({"groups": {"name": "g"}})"), "groups", "name", "").empty());
+}
+
 TEST(ctl_client, paths_are_percent_encoded) {
     EXPECT_EQ(percent_encode("a b/c?d%e~f.g-h_i"), "a%20b%2Fc%3Fd%25e~f.g-h_i");
     api_call c = group_delete_call("con toso", "eu/west", true);
