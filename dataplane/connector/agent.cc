@@ -34,6 +34,8 @@ constexpr std::size_t k_scratch = 64 * 1024;
 constexpr std::size_t k_backend_in_high = 256 * 1024;
 constexpr std::size_t k_backend_in_low = 64 * 1024;
 constexpr uint64_t k_max_wait_ns = 50'000'000;
+// A stop's last frames and close_notify get this long to leave once no stream is left.
+constexpr uint64_t k_flush_ns = 2'000'000'000;
 constexpr uint16_t k_any_worker = 0xFFFF;
 
 
@@ -150,6 +152,14 @@ public:
     void service();
     // Connector stopping: GOAWAY to the relay (no new streams), streams in flight go on.
     void drain();
+    // The stop's last steps, once no stream is left (or the drain deadline passed). flushed():
+    // nothing owed to the relay is still queued (a frame to produce, TLS output buffered or in
+    // flight), or the link is not connected. close_write(), called again each pass: close_notify
+    // once flushed, then the TCP FIN once that left too. closed(): the connection is gone (the
+    // relay closed its side, or the link never was connected).
+    bool flushed() const;
+    void close_write();
+    bool closed() const { return !_tx; }
     std::size_t stream_count() const { return _streams.size(); }
     void fail(std::string_view why);
     void stream_gone(uint32_t sid) { _streams.erase(sid); }
@@ -196,6 +206,8 @@ private:
     uint64_t _last_rx = 0;
     uint64_t _silence_ns = 3'000'000'000ull;
     bool _bad_config = false;
+    bool _notify_sent = false; // close_notify queued (the stop's last steps)
+    bool _fin_sent = false;    // then shutdown(SHUT_WR)
 };
 
 class agent {
@@ -748,7 +760,45 @@ void tunnel_link::on_sent(io::conn_id, int res) {
 }
 
 void tunnel_link::on_recv_end(io::conn_id, int res) {
+    if (_notify_sent && _streams.empty()) {
+        // The end of a stop: the relay closed after our close_notify. Not a failure.
+        if (_state == state::ready) {
+            _a->counters.set(connector_counter::tunnels_up,
+                             _a->counters.get(connector_counter::tunnels_up) - 1);
+        }
+        release_connection();
+        _state = state::waiting;
+        return;
+    }
     fail(res == 0 ? "relay closed the connection" : "connection to relay failed");
+}
+
+bool tunnel_link::flushed() const {
+    if (!_tx || !_mux || (_state != state::ready && _state != state::hello_sent)) {
+        return true;
+    }
+    return !dirty && _pending.fin.empty() && _pending.reset.empty() && !_mux->wants_produce() &&
+           _tx->idle();
+}
+
+void tunnel_link::close_write() {
+    if (_tx && _state != state::ready && _state != state::hello_sent) {
+        release_connection(); // a dial or handshake in progress: nothing to say, just go
+        _state = state::waiting;
+        return;
+    }
+    if (!_tx || !flushed() || _fin_sent) {
+        return;
+    }
+    if (!_notify_sent) {
+        _notify_sent = true;
+        _tx->tls().shutdown();
+        _tx->flush();
+        return;
+    }
+    // close_notify has left (flushed again): the FIN after it, so the relay reads both.
+    _fin_sent = true;
+    _a->loop->shutdown_write(_id);
 }
 
 void tunnel_link::fail(std::string_view why) {
@@ -885,6 +935,9 @@ int agent::run(const std::atomic<bool>& stop) {
     const bool own_stats = group == nullptr;
     uint64_t next_stats = 0;
     uint64_t drain_deadline = 0;
+    bool flushing = false;
+    std::size_t streams_cut = 0;
+    uint64_t flush_deadline = 0;
     int code = 0;
     for (;;) {
         if (fatal_code != 0) {
@@ -917,13 +970,32 @@ int agent::run(const std::atomic<bool>& stop) {
             }
             log::info("draining", {{"streams", streams}, {"deadline_ms", opts.drain_deadline_ms}});
         }
-        if (draining) {
+        if (draining && !flushing) {
             std::size_t streams = 0;
             for (auto& lk : links) {
                 streams += lk->stream_count();
             }
             if (streams == 0 || now >= drain_deadline) {
-                log::info("stopped", {{"streams_cut", streams}});
+                // The last frames of the last streams (and the GOAWAY) may still be queued:
+                // they leave before the tunnels close, within k_flush_ns.
+                flushing = true;
+                streams_cut = streams;
+                flush_deadline = now + k_flush_ns;
+            }
+        }
+        if (flushing) {
+            bool done = true;
+            for (auto& lk : links) {
+                lk->close_write();
+                done = done && lk->closed();
+            }
+            if (done || now >= flush_deadline) {
+                std::size_t unflushed = 0;
+                for (auto& lk : links) {
+                    unflushed += lk->flushed() ? 0 : 1;
+                }
+                log::info("stopped", {{"streams_cut", streams_cut},
+                                      {"tunnels_unflushed", unflushed}});
                 break;
             }
         }

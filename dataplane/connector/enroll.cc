@@ -294,6 +294,16 @@ std::string default_name() {
 }
 
 result<void> make_private_dir(const std::string& dir, std::string* why) {
+    // Missing parents are made 0755 (`register --state-dir /var/lib/apprelay-connector/site-a`
+    // on a fresh host, before systemd ever made /var/lib/apprelay-connector); only DIR is private.
+    for (std::size_t slash = dir.find('/', 1); slash != std::string::npos;
+         slash = dir.find('/', slash + 1)) {
+        const std::string parent = dir.substr(0, slash);
+        if (::mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST) {
+            set_why(why, "cannot create " + parent + ": " + std::strerror(errno));
+            return error(errc::io_error, "cannot create state directory");
+        }
+    }
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
         set_why(why, "cannot create " + dir + ": " + std::strerror(errno));
         return error(errc::io_error, "cannot create state directory");

@@ -232,6 +232,23 @@ def body(env):
             f"none of the {len(fails)} losers got a certificate")
     h.check(token_states(env).get(tid_par) == "used", f"token {tid_par} is used")
 
+    # ---- a fresh host: the state dir's parents do not exist yet ------------------------------
+    tok_deep, _ = new_token(env)
+    deep = os.path.join(env.dir, "fresh-host", "var", "lib", "apprelay-connector", "site-a")
+    r = subprocess.run([h.CONNECTOR_BIN, "register", "--relay",
+                        f"127.0.0.1:{env.relay_info['enroll_port']}", "--token", tok_deep,
+                        "--state-dir", deep, "--name", "deep"],
+                       capture_output=True, text=True, timeout=30)
+    parent = os.path.dirname(deep)
+    h.check(r.returncode == 0 and os.path.isfile(os.path.join(deep, "cert.pem")) and
+            stat.S_IMODE(os.stat(deep).st_mode) == 0o700 and
+            stat.S_IMODE(os.stat(parent).st_mode) == 0o755,
+            f"register makes missing parents (0755) and the state dir (0700): rc={r.returncode} "
+            f"{r.stderr.strip()!r}")
+    rj = h.read_json_file(os.path.join(deep, "relay.json"))
+    h.check(rj.get("enroll") == f"127.0.0.1:{env.relay_info['enroll_port']}",
+            f"relay.json records the enrollment listener for connector requests: {rj}")
+
 
 if __name__ == "__main__":
     sys.exit(h.run_test("cp_enrollment", body))

@@ -12,7 +12,12 @@
 2. groups_drain_sigterm: group Site = y1 + y2. A 20 MiB echo stream runs through Y; Y gets SIGTERM.
    Y keeps running while the stream is in flight (connector log draining streams=1), new streams
    go to the other connector only, the stream finishes byte-exact, then Y exits 0 (stopped
-   streams_cut=0)."""
+   streams_cut=0).
+3. groups_drain_sigterm_last_bytes (3 rounds): an idle stream on a connector that gets SIGTERM;
+   then the user sends its last 256 KiB with its FIN in one go, so the connector's last DATA and
+   FIN are queued just as its last stream ends. All bytes come back byte-exact with close_notify,
+   the connector exits 0 with streams_cut=0 and tunnels_unflushed=0 (it used to exit with them
+   still queued: the user saw a reset), no stream is reset."""
 import calendar
 import os
 import signal
@@ -168,7 +173,42 @@ def drain_sigterm(env):
     h.check(env.counter("streams_reset") == 0, "no stream was reset")
 
 
+def drain_sigterm_last_bytes(env):
+    """A stream whose last bytes travel while its connector stops: they must reach the user."""
+    cids = ("y1", "y2")
+    procs = world(env, cids)
+    for rnd in range(3):
+        # An idle stream on one connector (a first 64 KiB echoed), whichever it landed on.
+        s = g.PacedEcho(env, SNI, 320 * 1024, chunk=64 * 1024, seed=21 + rnd)
+        if not s.step():
+            raise h.TestFailure(f"round {rnd}: stream broke at once: {s.error}")
+        time.sleep(0.5)
+        carrier = [c for c in cids if in_flight(env, c) == 1]
+        h.check(len(carrier) == 1, f"round {rnd}: the stream runs through {carrier}")
+        y = carrier[0]
+        os.kill(procs[y].pid, signal.SIGTERM)
+        h.wait_until(lambda: g.events(procs[y].log_text(), "draining", streams="1"), 5,
+                     f"{y} draining with the stream open")
+        # The rest in one go with the user's FIN: the backend echoes it and closes, so the
+        # connector's last DATA and FIN are queued as its last stream ends.
+        rest = s.data[s.sent:]
+        s.c.transfer(rest, expect=len(rest), half_close=True, until_close=True, timeout=20,
+                     verify=lambda off, b: s.got.extend(b))
+        h.check(bytes(s.got) == s.data and s.c.closed_notify,
+                f"round {rnd}: all {len(s.data)} bytes back byte-exact with close_notify "
+                f"({len(s.got)} bytes, close_notify {s.c.closed_notify})")
+        s.close()
+        rc = procs[y].p.wait(timeout=10)
+        h.check(rc == 0 and g.events(procs[y].log_text(), "stopped", streams_cut="0",
+                                     tunnels_unflushed="0"),
+                f"round {rnd}: {y} exited {rc}, stopped streams_cut=0 tunnels_unflushed=0")
+        procs[y] = env.start_connector(y)
+        env.wait_tunnels(2, connector=y)
+    h.check(env.counter("streams_reset") == 0, "no stream was reset")
+
+
 if __name__ == "__main__":
     rc = h.run_test("groups_drain_move", drain_move)
     rc |= h.run_test("groups_drain_sigterm", drain_sigterm)
+    rc |= h.run_test("groups_drain_sigterm_last_bytes", drain_sigterm_last_bytes)
     sys.exit(rc)
