@@ -52,7 +52,8 @@ namespace apprelay::relay {
     X(tunnel_tls_failed, "tunnel TLS handshakes that failed")                                      \
     X(tunnel_cert_rejected, "tunnel client certificates that failed verification")                 \
     X(tunnel_unknown_connector, "verified tunnel certificates that match no connector")            \
-    X(tunnel_protocol_errors, "tunnels closed for a protocol violation")                           \
+    X(tunnel_protocol_errors,                                                                      \
+      "tunnels closed for a protocol violation or overload (M17-M19 past budget, M22)")           \
     X(tunnel_ping_timeouts, "tunnels closed: the connector stopped answering (PING deadline)")     \
     X(tunnel_revoked, "tunnels closed: the connector was deleted (certificate revoked)")           \
     X(tunnel_version_refused, "tunnels refused at HELLO: connector older than the minimum")        \
