@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstring>
 #include <fcntl.h>
+#include <limits>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
 #include <thread>
@@ -44,6 +46,27 @@ std::string explain(const std::string& reason) {
                : reason;
 }
 
+// A field of a relay reply, or `fallback` when it is missing or of another type. (json::value()
+// would throw on a field of the wrong type: a reply is untrusted input.)
+template <typename T> T field(const nlohmann::json& doc, const char* key, T fallback) {
+    if (!doc.is_object()) {
+        return fallback;
+    }
+    auto it = doc.find(key);
+    if (it == doc.end()) {
+        return fallback;
+    }
+    if constexpr (std::is_same_v<T, bool>) {
+        return it->is_boolean() ? it->get<bool>() : fallback;
+    } else if constexpr (std::is_same_v<T, std::string>) {
+        return it->is_string() ? it->get<std::string>() : fallback;
+    } else {
+        return it->is_number_unsigned() && it->get<uint64_t>() <= std::numeric_limits<T>::max()
+                   ? T(it->get<uint64_t>())
+                   : fallback;
+    }
+}
+
 } // namespace
 
 result<uint32_t> wait_for_turn(const state& st, const std::string& version, uint32_t timeout_s,
@@ -59,14 +82,14 @@ result<uint32_t> wait_for_turn(const state& st, const std::string& version, uint
         auto reply = connector_request(st, line, k_request_deadline_ms, nullptr, &err);
         if (reply.ok()) {
             auto doc = nlohmann::json::parse(*reply, nullptr, false);
-            if (doc.is_object() && doc.value("granted", false)) {
-                const uint32_t lease = doc.value("lease_s", 0u);
-                log::info("turn_granted", {{"group", doc.value("group", "")}, {"lease_s", lease}});
+            if (field(doc, "granted", false)) {
+                const uint32_t lease = field(doc, "lease_s", 0u);
+                log::info("turn_granted", {{"group", field(doc, "group", std::string())}, {"lease_s", lease}});
                 return lease;
             }
-            err = doc.is_object() ? doc.value("reason", "refused without a reason")
-                                  : "invalid reply";
-            delay_ms = doc.is_object() ? std::clamp(doc.value("retry_after_ms", 1000u), 100u,
+            err = doc.is_object() ? field(doc, "reason", std::string("refused without a reason"))
+                                  : std::string("invalid reply");
+            delay_ms = doc.is_object() ? std::clamp(field(doc, "retry_after_ms", 1000u), 100u,
                                                     30'000u)
                                        : 1000;
         } else if (reply.code() == errc::refused && final_refusal(err)) {
@@ -99,18 +122,18 @@ result<std::string> fetch_relay_package(const state& st, const std::string& out_
         return info.err();
     }
     auto doc = nlohmann::json::parse(*info, nullptr, false);
-    if (!doc.is_object() || !doc.value("package", false)) {
-        std::string problem = doc.is_object() ? doc.value("package_problem", "") : "";
+    if (!field(doc, "package", false)) {
+        std::string problem = field(doc, "package_problem", std::string());
         set_why(why, "the relay serves no update package" +
                          (problem.empty() ? std::string(" (its latest_version is ") +
                                                 (doc.is_object()
-                                                     ? doc.value("latest_version", "?")
+                                                     ? field(doc, "latest_version", std::string("?"))
                                                      : "?") +
                                                 ")"
                                           : ": " + problem));
         return error(errc::refused, "no package");
     }
-    const std::string version = doc.value("version", "");
+    const std::string version = field(doc, "version", std::string());
     if (!running_version.empty() && compare_versions(version, running_version) <= 0) {
         *up_to_date = true;
         return version;
@@ -147,7 +170,7 @@ result<std::string> fetch_relay_package(const state& st, const std::string& out_
             }
             auto d = nlohmann::json::parse(*r, nullptr, false);
             if (!d.is_object() || !d.contains("size") || !d["size"].is_number_unsigned() ||
-                d.value("offset", uint64_t(-1)) != offset) {
+                field(d, "offset", ~uint64_t(0)) != offset) {
                 ::close(fd);
                 set_why(why, std::string("invalid fetch reply for ") + file);
                 return error(errc::protocol_error, "invalid fetch reply");
