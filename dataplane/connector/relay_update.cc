@@ -2,6 +2,7 @@
 
 #include "dataplane/base/log.hh"
 #include "dataplane/base/version.hh"
+#include "dataplane/connector/package.hh"
 
 #include <algorithm>
 #include <cerrno>
@@ -143,7 +144,8 @@ result<std::string> fetch_relay_package(const state& st, const std::string& out_
         return error(errc::io_error, "cannot create download dir");
     }
     uint64_t total = 0;
-    for (const char* file : {"manifest.json", "manifest.sig", "apprelay-connector"}) {
+    for (std::string_view name : {k_manifest_file, k_signature_file, k_binary_file}) {
+        const std::string file(name);
         const std::string path = out_dir + "/" + file;
         ::unlink(path.c_str()); // never append to what an earlier attempt left
         int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
